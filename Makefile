@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv if absent, install, then run the quickstart recipe (CPU, tiny model)
+#   make test   - same set-up, then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A torch build already importable by $(PYTHON) is kept (the venv then sees system site-packages);
+# otherwise TORCH_SPEC is installed first. Here torch==2.13.0 resolves to a local CPU wheel; on another
+# CPU-only machine add TORCH_INDEX=https://download.pytorch.org/whl/cpu so pip does not fetch CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.cadence-installed
+
+.PHONY: demo test install clean-venv
+
+demo: $(STAMP)
+	$(PY) -m engine.train recipes/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "keeping the torch build of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; fi
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

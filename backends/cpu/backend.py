@@ -1,0 +1,51 @@
+"""CPU backend: gloo collectives, the portable shared-prompt attention kernel, host memory statistics."""
+from __future__ import annotations
+
+import resource
+
+import torch
+
+
+class CpuBackend:
+    name = "cpu"
+    device_type = "cpu"
+    collective_backend = "gloo"
+    visible_devices_env = ""
+    attention_kernel = "portable"
+
+    @classmethod
+    def is_present(cls) -> bool:
+        return True
+
+    def check_available(self) -> None:
+        return None
+
+    def device(self, local_rank: int = 0) -> torch.device:
+        return torch.device("cpu")
+
+    def supports_dtype(self, dtype: torch.dtype) -> bool:
+        return dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+    def seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def synchronize(self) -> None:
+        return None
+
+    def memory_stats(self) -> dict[str, int]:
+        # ru_maxrss is the process's peak resident set in KiB on Linux; CPU tensors have no allocator counters.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"allocated": 0, "peak_allocated": peak, "reserved": 0}
+
+    def reset_peak_memory(self) -> None:
+        return None
+
+    def set_threads(self, threads: int) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+
+    def rng_state(self) -> dict:
+        return {}
+
+    def set_rng_state(self, state: dict) -> None:
+        return None

@@ -1,0 +1,67 @@
+"""Builders: turn a validated Config into the run's components. Plain functions, each given only its section."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from backends import get_backend
+from engine.config import Config, DataConfig, EvalConfig
+from engine.controller import Components
+from engine.data.gsm8k import load_jsonl
+from engine.data.prompts import encode_prompt, render_prompt
+from engine.data.stream import PromptStream
+from engine.data.synthetic import make_split
+from engine.default_model import resolve_model_path
+from engine.models import frozen_copy, load_causal_lm, load_tokenizer
+from engine.rewards import load_reward_fn
+from engine.rollout import build_rollout_engine
+from engine.trainer import Trainer
+from engine.trimodel import TriModel, use_shared_prompt_attention
+from engine.types import PromptItem
+
+
+def build_components(cfg: Config, run_dir: Path) -> Components:
+    backend = get_backend(cfg.backend.name)
+    backend.set_threads(cfg.backend.threads)
+    backend.seed_all(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    device = backend.device()
+    folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
+    tokenizer = load_tokenizer(folder, cfg.model)
+    actor = load_causal_lm(folder, cfg.model, device)
+    if cfg.trainer.layout == "shared":
+        use_shared_prompt_attention(actor, backend.attention_kernel)
+    reference = frozen_copy(actor) if cfg.algorithm.kl_coef > 0 else None  # kl_coef 0: no reference at all
+    trimodel = TriModel(actor, reference, load_reward_fn(cfg.reward.function),
+                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                        temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
+                        pad_id=tokenizer.pad_token_id)
+    trainer = Trainer(trimodel, cfg.algorithm, cfg.optim, device)
+    rollout = build_rollout_engine(cfg.rollout.engine, actor, tokenizer, device)
+    train_examples, heldout_examples = load_examples(cfg.data, cfg.eval, cfg.run.seed)
+    stream = PromptStream(train_examples, tokenizer, prompt_format=cfg.data.prompt_format,
+                          system_prompt=cfg.data.system_prompt, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                          seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    heldout = prompt_items(heldout_examples, tokenizer, cfg.data)
+    return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir)
+
+
+def load_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int) -> tuple[list, list]:
+    """(train examples, held-out examples): synthetic splits, or GSM8K train / first N of test."""
+    if data.source == "synthetic":
+        return make_split("train", data.train_size, seed), make_split("heldout", eval_cfg.heldout_size, seed=0)
+    folder = Path(data.path)
+    train = load_jsonl(folder / data.train_file)
+    heldout = load_jsonl(folder / data.test_file)[: eval_cfg.heldout_size]
+    return train, heldout
+
+
+def prompt_items(examples: list, tokenizer, data: DataConfig) -> list[PromptItem]:
+    items = []
+    for i, ex in enumerate(examples):
+        text = render_prompt(ex.question, tokenizer, data.prompt_format, data.system_prompt)
+        ids = encode_prompt(text, tokenizer, data.prompt_format)
+        items.append(PromptItem(index=i, prompt_ids=ids, reference=ex.answer, text=text))
+    return items

@@ -1,0 +1,259 @@
+"""Recipe configuration: OmegaConf YAML + command-line `key=value` overrides, merged once into typed,
+frozen dataclasses (one per component). Every default lives here; code never calls `cfg.get(key, default)`.
+
+Each layer (recipe file, then the command line) is checked on its own, so an error names where the bad
+key came from: `recipes/x.yaml: optim.lr: expected a float, got 'fast'`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+
+REQUIRED: Any = dataclasses.MISSING
+_UNSET = "???"  # OmegaConf's marker for a value the recipe leaves to the command line
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message is one line naming the source, the key and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    iterations: int = 10
+    resume: bool = False  # continue from the newest valid checkpoint in runs/<name>/checkpoints
+    overwrite: bool = False  # a fresh run may replace an existing runs/<name>/ (else it is an error)
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    deterministic: bool = False  # fix reduction orders so equal inputs give equal bits
+    cache_dir: str = ".cache/cadence"  # where the embedded default model is built
+    progress: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: Literal["auto", "cpu", "cuda", "ascend"] = "auto"
+    threads: int = 0  # intra-op CPU threads for the trainer; 0 = torch's default
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    path: str = REQUIRED  # a local Hugging Face folder, or embedded://tiny-math
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    source: Literal["synthetic", "gsm8k"] = "synthetic"
+    path: str = "../shared/data/gsm8k"  # folder with train.jsonl / test.jsonl (gsm8k source)
+    train_file: str = "train.jsonl"
+    test_file: str = "test.jsonl"
+    prompt_format: Literal["plain", "chat"] = "plain"
+    system_prompt: str = ""  # chat format only
+    max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
+    train_size: int = 20000  # synthetic source: problems in the training stream
+    shuffle: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    engine: Literal["native", "vllm"] = "native"
+    prompts_per_iteration: int = 16  # B
+    group_size: int = 8  # G
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+
+
+@dataclass(frozen=True, slots=True)
+class RewardConfig:
+    function: str = "engine.rewards.gsm8k:gsm8k_reward"  # import path "module:function"
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmConfig:
+    normalize_std: bool = True  # False = Dr. GRPO (advantage = reward - group mean)
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0  # 0 = no reference model is loaded at all
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
+
+
+@dataclass(frozen=True, slots=True)
+class OptimConfig:
+    lr: float = 1e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_iterations: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    micro_batch_size: int = 8  # sequences per forward/backward; does not change the update
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    layout: Literal["shared", "expanded"] = "shared"  # shared-prompt packing or one prompt copy per response
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    heldout_size: int = 200
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    before: bool = True  # measure accuracy_before at the start of a fresh run
+    after: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] = (), schema: type = Config) -> Any:
+    """Merge a YAML recipe and `key=value` overrides into `schema`; raise ConfigError on any bad input."""
+    layers: list[tuple[str, dict]] = []
+    if recipe is not None:
+        layers.append((str(recipe), _read_yaml(Path(recipe))))
+    if overrides:
+        layers.append(("command line", _read_overrides(overrides)))
+    merged: dict = {}
+    for source, layer in layers:
+        _check_layer(schema, layer, source, prefix="")
+        merged = _deep_merge(merged, layer)
+    return _build(schema, merged, prefix="", source=str(recipe) if recipe else "command line")
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg))))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # omegaconf/yaml errors carry the line number in their text
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _read_overrides(overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command line: '{item}': expected key=value, e.g. optim.lr=1e-5")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)
+    except Exception as exc:
+        raise ConfigError(f"command line: cannot parse overrides: {exc}".replace("\n", " ")) from exc
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check_layer(schema: type, layer: dict, source: str, prefix: str) -> None:
+    """Check one layer's keys and value types against `schema`, without requiring completeness."""
+    hints = typing.get_type_hints(schema)
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            allowed = ", ".join(sorted(hints))
+            raise ConfigError(f"{source}: {dotted}: unknown key; allowed keys here: {allowed}")
+        hint = hints[key]
+        if value == _UNSET:
+            continue
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted}: expected a section (mapping), got {value!r}")
+            _check_layer(hint, value, source, prefix=f"{dotted}.")
+        else:
+            _coerce(hint, value, f"{source}: {dotted}")
+
+
+def _build(schema: type, data: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(schema)
+    kwargs = {}
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, data.get(f.name, {}), f"{dotted}.", source)
+        elif f.name in data and data[f.name] != _UNSET:
+            kwargs[f.name] = _coerce(hint, data[f.name], f"{source}: {dotted}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: {dotted}: required value is missing (set it in the recipe or as {dotted}=...)")
+    return schema(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Return `value` as type `hint`, or raise ConfigError saying what was expected."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where}: got {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, where) for v in value]
+    return _coerce_scalar(hint, value, where)
+
+
+def _coerce_scalar(hint: type, value: Any, where: str) -> Any:
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    else:
+        raise TypeError(f"unsupported config type {hint!r} at {where}")
+    if not ok:
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,183 @@
+"""The single-process controller: one readable loop drives the whole GRPO run.
+
+    for iteration k:
+        prompts  <- next B prompts of the stream
+        sync     :  rollout engine receives policy weights version k
+        rollout  :  G completions per prompt, all from version k
+        score    :  rewards (tri-model's reward head)
+        train    :  forward/backward per micro-batch of groups, gradients accumulated
+        step     :  exactly one optimizer step -> version k+1
+
+The schedule here is synchronous (generate all groups, then train). The periodically asynchronous schedule
+(arXiv 2511.18871) changes only `_rollout_and_train`: groups are consumed as the engine yields them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine import metrics as M
+from engine.checkpoint import latest_checkpoint, load_model_weights, load_trainer_state, prune_checkpoints, save_checkpoint
+from engine.checkpoint import capture_rng, restore_rng
+from engine.config import Config
+from engine.evaluate import evaluate
+from engine.rollout.base import RolloutEngine, SamplingParams
+from engine.runlog import RunLog
+from engine.trainer import Trainer
+from engine.types import PromptItem, RolloutGroup
+
+
+@dataclass(slots=True)
+class Components:
+    """Everything a run needs, built once from the recipe by `engine.build.build_components`."""
+
+    cfg: Config
+    backend: object
+    device: torch.device
+    tokenizer: object
+    trainer: Trainer
+    rollout: RolloutEngine
+    stream: object  # engine.data.stream.PromptStream
+    heldout: list[PromptItem]
+    run_dir: Path
+
+
+def micro_batches(groups: Sequence[RolloutGroup], max_sequences: int) -> Iterator[list[RolloutGroup]]:
+    """Whole groups, at most `max_sequences` sequences per micro-batch (a larger group goes alone):
+    a group is never split, so its prompt is packed once."""
+    batch: list[RolloutGroup] = []
+    size = 0
+    for group in groups:
+        if batch and size + group.group_size > max_sequences:
+            yield batch
+            batch, size = [], 0
+        batch.append(group)
+        size += group.group_size
+    if batch:
+        yield batch
+
+
+def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
+    rewards = torch.cat([g.rewards_G for g in groups])
+    lengths = [len(c.token_ids) for g in groups for c in g.completions]
+    extracted = [e for g in groups for e in g.extracted]
+    return {M.REWARD_MEAN: rewards.mean().item(), M.ACCURACY: (rewards > 0.5).float().mean().item(),
+            M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths)}
+
+
+class Controller:
+    def __init__(self, parts: Components):
+        self.parts = parts
+        self.cfg = parts.cfg
+        self.trainer = parts.trainer
+        self.actor = parts.trainer.trimodel.actor
+        self.timer = M.StageTimer(synchronize=parts.backend.synchronize)
+        self.ckpt_root = parts.run_dir / "checkpoints"
+        self.accuracy_before: float | None = None
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        start = self._restore() if self.cfg.run.resume else 0
+        if start == 0 and self.cfg.eval.before:
+            self.accuracy_before = self._evaluate()
+        log = RunLog(self.parts.run_dir, self.cfg.run.iterations, start_iteration=start, progress=self.cfg.run.progress)
+        try:
+            for k in range(start, self.cfg.run.iterations):
+                log.log(k + 1, self.iteration(k))
+                if self._checkpoint_due(k + 1):
+                    self._checkpoint(k + 1)
+            summary = self._summary(log)
+            log.write_summary(summary)
+        finally:
+            log.close()
+        return summary
+
+    def iteration(self, k: int) -> dict[str, float]:
+        """One on-policy GRPO iteration: sync, rollout, score, train, step."""
+        t0 = time.perf_counter()
+        with self.timer.stage("prompts"):
+            prompts = self.parts.stream.next_batch(self.cfg.rollout.prompts_per_iteration)
+        with self.timer.stage("sync_weights"):
+            self.parts.rollout.load_weights(self.actor.named_parameters(), self.trainer.version)
+        groups = self._rollout_and_train(prompts, self._sampling(k))
+        with self.timer.stage("step"):
+            step_metrics = self.trainer.step()
+        elapsed = time.perf_counter() - t0
+        n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+        perf = {M.TOKENS_PER_S: n_tokens / elapsed, M.SAMPLES_PER_S: sum(g.group_size for g in groups) / elapsed,
+                M.ITERATION_TIME: elapsed}
+        return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop()}
+
+    def _rollout_and_train(self, prompts: list[PromptItem], params: SamplingParams) -> list[RolloutGroup]:
+        """Synchronous schedule: generate every group, score them, then accumulate gradients."""
+        with self.timer.stage("rollout"):
+            groups = list(self.parts.rollout.generate(prompts, params))
+        with self.timer.stage("score"):
+            for group in groups:
+                self.trainer.trimodel.score(group)
+        with self.timer.stage("train"):
+            for batch in micro_batches(groups, self.cfg.optim.micro_batch_size):
+                self.trainer.accumulate(batch)
+        return groups
+
+    def _sampling(self, k: int) -> SamplingParams:
+        r = self.cfg.rollout
+        # The seed is a function of (run seed, iteration) alone, so a resumed run samples what the
+        # uninterrupted one would have.
+        return SamplingParams(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                              top_p=r.top_p, top_k=r.top_k, stop_token_ids=self._stop_ids(),
+                              seed=self.cfg.run.seed * 1_000_003 + k)
+
+    def _stop_ids(self) -> tuple[int, ...]:
+        eos = self.parts.tokenizer.eos_token_id
+        return (eos,) if eos is not None else ()
+
+    def _evaluate(self) -> float:
+        """Greedy held-out accuracy of the current policy (the rollout engine is synced to it first)."""
+        trimodel = self.trainer.trimodel
+        self.parts.rollout.load_weights(self.actor.named_parameters(), self.trainer.version)
+        result = evaluate(self.parts.rollout, self.parts.heldout, trimodel.decode, trimodel.reward_fn,
+                          max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=self.cfg.eval.batch_size,
+                          stop_token_ids=self._stop_ids())
+        return result.accuracy
+
+    # ------------------------------------------------------------------ checkpoints and resume
+    def _checkpoint_due(self, done: int) -> bool:
+        every = self.cfg.run.checkpoint_every
+        return done == self.cfg.run.iterations or (every > 0 and done % every == 0)
+
+    def _checkpoint(self, done: int) -> None:
+        with self.timer.stage("checkpoint"):
+            state = {"trainer": self.trainer.state_dict(), "stream": self.parts.stream.state_dict(),
+                     "rng": capture_rng(self.parts.backend), "iteration": done,
+                     "accuracy_before": self.accuracy_before}
+            save_checkpoint(self.ckpt_root, done, self.actor, self.parts.tokenizer, state)
+            prune_checkpoints(self.ckpt_root, self.cfg.run.keep_checkpoints)
+
+    def _restore(self) -> int:
+        path = latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return 0
+        state = load_trainer_state(path)
+        load_model_weights(path, self.actor)
+        self.trainer.load_state_dict(state["trainer"])
+        self.parts.stream.load_state_dict(state["stream"])
+        restore_rng(state["rng"], self.parts.backend)
+        self.accuracy_before = state["accuracy_before"]
+        print(f"resumed from {path} (iteration {state['iteration']})")
+        return state["iteration"]
+
+    def _summary(self, log: RunLog) -> dict:
+        after = self._evaluate() if self.cfg.eval.after else None
+        records = log.records() if hasattr(log, "records") else []
+        summary = {"run": self.cfg.run.name, "iterations": self.cfg.run.iterations,
+                   "heldout_size": len(self.parts.heldout), "accuracy_before": self.accuracy_before,
+                   "accuracy_after": after, "policy_version": self.trainer.version}
+        if after is not None and self.accuracy_before is not None:
+            summary["accuracy_gain"] = after - self.accuracy_before
+        return summary

@@ -1,0 +1,321 @@
+"""The embedded default model, `embedded://tiny-math`: a tokenizer and a tiny Qwen2 built from nothing.
+
+`ensure_default_model(cache_dir)` builds, once, a Hugging Face model folder that `AutoModelForCausalLM` and
+`AutoTokenizer` load: a byte-level BPE trained in code on synthetic problems (`engine.data.synthetic`), a
+~1M-parameter Qwen2, and a short supervised warm start. It needs no network and no hub, and takes about a
+minute on 2 CPU cores; a later call reuses the folder when its stamp (build version, seed, sizes) matches.
+
+Why the warm start is a mixture of two answer formats
+-----------------------------------------------------
+GRPO can only reinforce behaviours the policy already samples. The warm start therefore teaches two:
+
+    direct   (most examples):  " #### 9"                              -- answer with no working
+    working  (the rest):       " 7 + 5 = 12\\n12 - 3 = 9\\n#### 9"      -- one line per step
+
+A model this small cannot do 2-3 steps of arithmetic in one token's forward pass, so direct answers are
+mostly wrong, while the step-by-step lines are each one easy operation and mostly right. Greedy decoding
+takes the majority format at the first token (" ####"), so greedy accuracy starts low; sampling at
+temperature 1 picks the working format in about a quarter of samples, so most groups of G=8 contain a
+correct answer and a reward contrast. RL only has to move probability mass onto the working format it
+already knows -- an honest, small-scale illustration that RL mostly reweights what the base model can do.
+
+Deviations from a real pretrained model: the vocabulary is tiny (a few hundred tokens) and covers only
+this task's text well; anything else falls back to bytes. The tokenizer uses Qwen2's pre-tokenizer so
+that `AutoTokenizer` (which, for model_type qwen2, always builds `Qwen2Tokenizer` from vocab and merges)
+reloads it to identical ids; the build checks this.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+from engine.data.synthetic import Problem, format_prompt, make_split
+
+EMBEDDED_URI_PREFIX = "embedded://"
+DEFAULT_NAME = "tiny-math"
+STAMP_FILE = "cadence_default.json"
+BUILD_VERSION = 1  # bump whenever the build changes what it produces: old folders are then rebuilt
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+# One user turn renders as the plain prompt, so chat-format code paths see the same text as plain ones.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "Question: {{ message['content'] }}\nAnswer:{% endif %}{% endfor %}"
+)
+_IGNORE = -100  # label value the loss skips (prompt and padding positions)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSpec:
+    """Every size of the build. The default is the demo model; tests build miniatures with tiny sizes."""
+
+    # tokenizer
+    vocab_size: int = 512  # upper bound; BPE stops early once the task's words are whole tokens
+    tokenizer_problems: int = 4000
+    # model (Qwen2, grouped-query attention)
+    hidden_size: int = 192
+    num_layers: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    max_positions: int = 256
+    # supervised warm start
+    sft_problems: int = 20000
+    sft_steps: int = 700
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    working_fraction: float = 0.7  # share of examples answered step by step; the rest answer directly
+    working_prior: float = 0.25  # P(working) the first completion token is trained towards (see _sft_examples)
+    threads: int = 2
+
+
+DEFAULT_SPEC = BuildSpec()
+Builder = Callable[[Path, BuildSpec, int, Callable[[str], None]], None]
+
+
+# ------------------------------------------------------------------------------------------- public API
+
+
+def ensure_default_model(cache_dir: str | Path, name: str = DEFAULT_NAME, *, seed: int = 0,
+                         log: Callable[[str], None] = print) -> Path:
+    """Return `<cache_dir>/<name>`, a loadable HF model folder, building it first unless its stamp matches.
+
+    The build writes into a temporary sibling and moves it into place with `os.replace`, so an interrupted
+    build never leaves a folder that looks complete.
+    """
+    if name != DEFAULT_NAME:
+        raise ValueError(f"unknown embedded model {name!r}; allowed: {DEFAULT_NAME}")
+    return _ensure(Path(cache_dir), name, DEFAULT_SPEC, seed, log, _build_folder)
+
+
+def resolve_model_path(path: str, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+    """Map `model.path` to a model folder: `embedded://<name>` is built on demand; anything else must be an
+    existing folder with a config.json (FileNotFoundError otherwise)."""
+    if path.startswith(EMBEDDED_URI_PREFIX):
+        return ensure_default_model(cache_dir, path[len(EMBEDDED_URI_PREFIX):], log=log)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model.path: folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model.path: folder {folder} has no config.json (not a Hugging Face model folder)")
+    return folder
+
+
+# -------------------------------------------------------------------------------- caching and atomicity
+
+
+def _ensure(cache_dir: Path, name: str, spec: BuildSpec, seed: int, log: Callable[[str], None],
+            builder: Builder) -> Path:
+    """Reuse `cache_dir/name` if its stamp matches (spec, seed, version), else build it atomically."""
+    final = cache_dir / name
+    stamp = _stamp(spec, seed)
+    if _read_stamp(final) == stamp:
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=cache_dir))
+    try:
+        log(f"building embedded model {name!r} (seed {seed}) in {final} ...")
+        start = time.perf_counter()
+        builder(tmp, spec, seed, log)
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")  # last: marks the folder complete
+        _install(tmp, final, stamp)
+        log(f"built embedded model {name!r} in {time.perf_counter() - start:.1f}s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _install(tmp: Path, final: Path, stamp: dict) -> None:
+    """Move a finished build into place, replacing a stale folder; tolerate a concurrent identical build."""
+    stale = None
+    if final.exists():
+        stale = final.with_name(f".{final.name}.stale-{os.getpid()}")
+        os.replace(final, stale)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if _read_stamp(final) != stamp:  # another process installed something else meanwhile
+            raise
+    if stale is not None:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _stamp(spec: BuildSpec, seed: int) -> dict:
+    return {"build_version": BUILD_VERSION, "seed": seed, "spec": asdict(spec)}
+
+
+def _read_stamp(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def _build_folder(folder: Path, spec: BuildSpec, seed: int, log: Callable[[str], None]) -> None:
+    """Build tokenizer and model, warm-start the model, save both into `folder` and check they reload."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+            torch.manual_seed(seed)
+            tokenizer = build_tokenizer(spec, seed)
+            model = build_model(spec, tokenizer)
+            warm_start(model, tokenizer, spec, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _check_tokenizer_reload(folder, tokenizer, seed)
+
+
+def build_tokenizer(spec: BuildSpec, seed: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on synthetic problems, with Qwen2's normaliser and pre-tokenizer (one digit
+    per pre-token, so numbers are spelled digit by digit); eos and pad are distinct special tokens."""
+    problems = make_split("train", spec.tokenizer_problems, seed=seed)
+    corpus = [format_prompt(p.question) + p.solution for p in problems] + [_direct_solution(p) for p in problems]
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                        model_max_length=spec.max_positions)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(spec: BuildSpec, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    """A freshly initialised float32 Qwen2. Embeddings are untied: some inference engines mishandle
+    tied weights on reload, and at this vocabulary size the extra matrix is cheap."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None, dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def _check_tokenizer_reload(folder: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -> None:
+    """AutoTokenizer picks its class from model_type; fail the build unless it encodes exactly as we do."""
+    reloaded = AutoTokenizer.from_pretrained(folder)
+    texts = [format_prompt(p.question) + p.solution for p in make_split("heldout", 50, seed=seed)]
+    texts.append("Any other text: wörds, 3.14 ≥ 2, tabs\tand\nnewlines.")
+    for text in texts:
+        if reloaded(text)["input_ids"] != tokenizer(text)["input_ids"]:
+            raise RuntimeError(f"tokenizer in {folder} reloads as {type(reloaded).__name__} with different ids")
+    if (reloaded.eos_token_id, reloaded.pad_token_id) != (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        raise RuntimeError(f"tokenizer in {folder} reloads with different eos/pad ids")
+
+
+# ------------------------------------------------------------------------------------------- warm start
+
+
+@dataclass(frozen=True, slots=True)
+class _Example:
+    ids: list[int]  # prompt + completion + eos
+    prompt_len: int  # the loss covers ids[prompt_len:] ...
+    format_loss: bool  # ... except the first completion token (the format decision) when False
+
+
+def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: BuildSpec, seed: int,
+               log: Callable[[str], None]) -> None:
+    """Supervised pass with AdamW (warmup, cosine decay), loss on completion tokens only; deterministic
+    given `seed` and the thread count."""
+    examples = _sft_examples(tokenizer, spec, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, spec))
+    batches = torch.Generator().manual_seed(seed)
+    model.train()
+    start = time.perf_counter()
+    for step in range(spec.sft_steps):
+        pick = torch.randint(len(examples), (spec.batch_size,), generator=batches).tolist()
+        input_ids_BT, labels_BT = _collate([examples[i] for i in pick], tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids_BT, labels=labels_BT).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == spec.sft_steps - 1:
+            log(f"  warm start step {step + 1}/{spec.sft_steps}  loss {loss.item():.3f}  "
+                f"{time.perf_counter() - start:.0f}s")
+    model.eval()
+
+
+def _sft_examples(tokenizer: PreTrainedTokenizerFast, spec: BuildSpec, seed: int) -> list[_Example]:
+    """Train problems, each answered with working (`spec.working_fraction`) or directly, then eos.
+
+    The working lines are the skill, so most examples show them; the format decision is trained towards
+    `spec.working_prior` by supervising the first completion token of only some working examples:
+    with w working examples and q of them supervised there, P(working) -> w*q / (w*q + 1 - w).
+    """
+    w, prior = spec.working_fraction, spec.working_prior
+    keep_decision = min(1.0, prior * (1 - w) / max(w * (1 - prior), 1e-9))
+    problems = make_split("train", spec.sft_problems, seed=seed)
+    coin = random.Random(f"cadence-default/format/{seed}")
+    prompts, completions, decisions = [], [], []
+    for p in problems:
+        working = coin.random() < w
+        prompts.append(format_prompt(p.question))
+        completions.append(p.solution if working else _direct_solution(p))
+        decisions.append(not working or coin.random() < keep_decision)
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    completion_ids = tokenizer(completions)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [_Example(ids=p + c + [eos], prompt_len=len(p), format_loss=d)
+            for p, c, d in zip(prompt_ids, completion_ids, decisions)]
+
+
+def _direct_solution(problem: Problem) -> str:
+    return f" #### {problem.answer}"
+
+
+def _collate(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and labels (B, T). No attention mask is needed: with causal attention and padding
+    only at the end, real tokens never see a pad, and pad positions carry no loss."""
+    length = max(len(e.ids) for e in examples)
+    input_ids_BT = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels_BT = torch.full((len(examples), length), _IGNORE, dtype=torch.long)
+    for row, e in enumerate(examples):
+        input_ids_BT[row, :len(e.ids)] = torch.tensor(e.ids)
+        labels_BT[row, e.prompt_len:len(e.ids)] = torch.tensor(e.ids[e.prompt_len:])
+        if not e.format_loss:
+            labels_BT[row, e.prompt_len] = _IGNORE
+    return input_ids_BT, labels_BT
+
+
+def _lr_factor(step: int, spec: BuildSpec) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < spec.warmup_steps:
+        return (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, spec.sft_steps - spec.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,41 @@
+"""Greedy accuracy on a held-out set: `cadence eval` and the run's accuracy_before / accuracy_after."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.rewards import RewardResult
+from engine.rollout.base import RolloutEngine, SamplingParams
+from engine.types import PromptItem
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    accuracy: float
+    n: int
+    no_answer_frac: float  # share of completions the reward found no answer in
+    mean_response_len: float
+
+
+def evaluate(engine: RolloutEngine, items: Sequence[PromptItem], decode: Callable[[list[int]], str],
+             reward_fn: Callable[[str, str], RewardResult], *, max_new_tokens: int, batch_size: int,
+             stop_token_ids: tuple[int, ...]) -> EvalResult:
+    """Greedy-decode one completion per item with the engine's current weights and score it."""
+    params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_token_ids)
+    correct = no_answer = length = 0
+    for start in range(0, len(items), batch_size):
+        for group in engine.generate(items[start:start + batch_size], params):
+            completion = group.completions[0]
+            result = reward_fn(decode(completion.token_ids), group.prompt.reference)
+            correct += result.score > 0.5
+            no_answer += not result.extracted
+            length += len(completion.token_ids)
+    n = max(len(items), 1)
+    return EvalResult(accuracy=correct / n, n=len(items), no_answer_frac=no_answer / n, mean_response_len=length / n)
+
+
+def write_result(result: EvalResult, path: str | Path, **context) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**context, **asdict(result)}, indent=2) + "\n")

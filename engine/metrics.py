@@ -1,0 +1,123 @@
+"""Metric names (the only place they are spelled) and the per-iteration stage timer.
+
+Every metric the engine logs is a constant here, so a dashboard, a test or a plot that reads
+`metrics.jsonl` imports the name instead of retyping a string. Names are `<group>/<what>`, which
+TensorBoard shows as one panel group per prefix.
+
+Stage times are `time/<stage>` seconds within one iteration (see `stage_time` and `StageTimer`).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+# -------------------------------------------------------------------------------------------- bookkeeping
+ITERATION = "iteration"  # 1-based: the number of optimizer updates done when the line is written
+POLICY_VERSION = "policy/version"  # version of the weights that produced this iteration's rollouts
+
+# ------------------------------------------------------------------------------------------------ reward
+REWARD_MEAN = "reward/mean"
+REWARD_STD = "reward/std"
+ACCURACY = "reward/accuracy"  # fraction of samples whose extracted answer is correct
+NO_ANSWER_FRAC = "reward/no_answer_frac"  # fraction of samples where no answer could be extracted
+ZERO_STD_FRAC = "reward/zero_std_frac"  # fraction of groups whose G rewards are all equal (no signal)
+
+# ------------------------------------------------------------------------------------------------ policy
+LOSS = "policy/loss"
+KL = "policy/kl"
+ENTROPY = "policy/entropy"
+CLIP_FRAC = "policy/clip_frac"
+# max |trainer log-prob - sampler log-prob| over the batch's tokens: ~0 when rollout and trainer agree
+LOGPROB_DIFF_MAX = "policy/logprob_diff_max"
+
+# ----------------------------------------------------------------------------------------------- rollout
+RESPONSE_LEN = "rollout/response_len_mean"
+RESPONSE_LEN_MAX = "rollout/response_len_max"
+TRUNCATED_FRAC = "rollout/truncated_frac"  # responses stopped by max_new_tokens rather than a stop token
+
+# ------------------------------------------------------------------------------------------------- optim
+GRAD_NORM = "optim/grad_norm"  # global norm before clipping
+LR = "optim/lr"
+
+# -------------------------------------------------------------------------------------------------- perf
+TOKENS_PER_S = "perf/tokens_per_s"
+SAMPLES_PER_S = "perf/samples_per_s"
+PEAK_MEMORY_BYTES = "perf/peak_memory_bytes"
+
+# -------------------------------------------------------------------------------------------------- eval
+EVAL_ACCURACY = "eval/accuracy"  # held-out accuracy, greedy decoding
+
+_TIME_PREFIX = "time/"
+ITERATION_TIME = _TIME_PREFIX + "iteration"  # wall-clock seconds of the whole iteration
+
+
+def stage_time(stage: str) -> str:
+    """Metric name of the seconds spent in `stage` during one iteration, e.g. `time/rollout`."""
+    if not stage or "/" in stage:
+        raise ValueError(f"stage name must be non-empty and contain no '/', got {stage!r}")
+    return _TIME_PREFIX + stage
+
+
+class Span(NamedTuple):
+    """One timed interval for a timeline plot: seconds relative to the timer's creation."""
+
+    lane: str  # who did the work, e.g. "trainer", "rollout-0"
+    stage: str
+    start_s: float
+    end_s: float
+
+
+class StageTimer:
+    """Accumulates wall-clock seconds per named stage within one iteration.
+
+    `synchronize` (the backend's) is called when a stage starts and when it ends: device work is queued
+    asynchronously, so without it a stage would be charged for the previous stage's kernels and undercount
+    its own. A stage entered several times in one iteration accumulates. With `keep_spans=True` every
+    stage interval is also kept as a `Span` (for `engine.plots.plot_timeline`) until `pop_spans()`.
+    """
+
+    def __init__(
+        self,
+        synchronize: Callable[[], None] | None = None,
+        lane: str = "main",
+        keep_spans: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._synchronize = synchronize
+        self._lane = lane
+        self._keep_spans = keep_spans
+        self._clock = clock
+        self._origin = clock()
+        self._seconds: dict[str, float] = {}
+        self._spans: list[Span] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the body as stage `name`; the time counts even when the body raises."""
+        key = stage_time(name)
+        self._sync()
+        start = self._clock()
+        try:
+            yield
+        finally:
+            self._sync()
+            end = self._clock()
+            self._seconds[key] = self._seconds.get(key, 0.0) + (end - start)
+            if self._keep_spans:
+                self._spans.append(Span(self._lane, name, start - self._origin, end - self._origin))
+
+    def pop(self) -> dict[str, float]:
+        """Return `{time/<stage>: seconds}` accumulated since the last pop, and start over."""
+        out, self._seconds = self._seconds, {}
+        return out
+
+    def pop_spans(self) -> list[Span]:
+        """Return the spans kept since the last call (empty unless `keep_spans=True`), and start over."""
+        out, self._spans = self._spans, []
+        return out
+
+    def _sync(self) -> None:
+        if self._synchronize is not None:
+            self._synchronize()

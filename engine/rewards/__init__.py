@@ -1,0 +1,17 @@
+"""Rewards: score a decoded completion against its prompt's reference answer.
+
+See `registry.py` for the reward-function contract and `gsm8k.py` for the default exact-match reward.
+"""
+from engine.rewards.registry import RewardFn, RewardResult, Scorer, load_reward_fn
+from engine.rewards.gsm8k import extract_answer, gsm8k_reward, gsm8k_score, normalize_number
+
+__all__ = [
+    "RewardFn",
+    "RewardResult",
+    "Scorer",
+    "extract_answer",
+    "gsm8k_reward",
+    "gsm8k_score",
+    "load_reward_fn",
+    "normalize_number",
+]

@@ -1,0 +1,36 @@
+"""Rollout engines: the RolloutEngine interface (base.py) and the factory that builds one by name.
+
+"native" (native.py) generates with the Hugging Face module itself and runs anywhere torch does. "vllm" is
+named in the config already but not built yet; it will be imported lazily here so `import engine` keeps
+working without vllm installed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.rollout.base import RolloutEngine, SamplingParams
+
+ENGINES = ("native", "vllm")
+
+__all__ = ["ENGINES", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
+
+
+def build_rollout_engine(name: str, model: nn.Module, tokenizer, device: torch.device,
+                         max_batch_sequences: int = 256) -> RolloutEngine:
+    """The rollout engine `name` generating with `model`; eos and pad ids come from `tokenizer`.
+
+    A tokenizer without a pad token pads with eos (padding is masked, so its id never matters).
+    """
+    if name == "native":
+        from engine.rollout.native import NativeRolloutEngine
+
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("build_rollout_engine: the tokenizer has no eos_token_id; generation could never stop")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        return NativeRolloutEngine(model, eos_token_id=eos, pad_token_id=pad, device=device,
+                                   max_batch_sequences=max_batch_sequences)
+    if name == "vllm":
+        raise NotImplementedError("rollout.engine=vllm is not implemented yet; use rollout.engine=native")
+    raise ValueError(f"unknown rollout engine {name!r}; allowed: {', '.join(ENGINES)}")

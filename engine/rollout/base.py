@@ -1,0 +1,41 @@
+"""The rollout-engine interface: what the controller needs from any generator (native, vLLM, vllm-ascend)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from engine.types import PromptItem, RolloutGroup
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to sample. temperature == 0 means greedy (logprobs are then those of the untempered policy)."""
+
+    n: int = 1  # G: samples per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int = 0  # generation is a pure function of (weights, prompts, params)
+
+
+class RolloutEngine(Protocol):
+    """Generates G completions per prompt with the weights of one policy version.
+
+    `generate` yields each group as soon as all of its G samples have finished, so a consumer can start
+    training on it while the other groups are still being generated.
+    """
+
+    version: int
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Replace the engine's weights with the given ones and record their policy version."""
+        ...
+
+    def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
+        """Yield one RolloutGroup per prompt (in completion order), stamped with `self.version`."""
+        ...

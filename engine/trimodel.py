@@ -1,0 +1,95 @@
+"""The unified tri-model: actor (trained), reference (frozen, absent when kl_coef == 0) and reward.
+
+`TriModel.score` turns completions into rewards (rule function by import path); `TriModel.forward` runs the
+actor (with grad) and the reference (without) on one packed micro-batch and returns per-token log-probs of
+the response tokens. With one optimizer step per iteration the old-policy log-probs are the actor's own,
+detached, so no extra forward pass is made (the PPO ratio is 1 in value, its gradient is the policy gradient).
+
+Token layout: a micro-batch's N response tokens are flat, in (group, response, token) order; `seq_N` maps
+each to its sequence. U is the number of distinct positions whose logits predict them (engine/packing.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.algorithms import entropy_from_logits
+from engine.packing import PackedBatch, pack_expanded, pack_groups, select_logit_positions
+from engine.rewards import RewardResult
+
+from engine.types import RolloutGroup
+from kernels.shared_prompt_attention import register_with_transformers
+
+RewardFn = Callable[[str, str], RewardResult]
+
+
+@dataclass(slots=True)
+class TokenLogprobs:
+    """Per response token of a micro-batch: actor log-probs (grad), reference log-probs, entropy."""
+
+    logp_N: torch.Tensor  # actor, differentiable
+    ref_logp_N: torch.Tensor | None  # reference, no grad; None without a reference model
+    entropy_N: torch.Tensor  # actor's, detached
+    rollout_logp_N: torch.Tensor  # what the rollout engine reported, for the on-policy check
+    seq_N: torch.Tensor  # long: index of the sequence (group-major: b * G + k) each token belongs to
+
+
+class TriModel:
+    def __init__(self, actor: torch.nn.Module, reference: torch.nn.Module | None, reward_fn: RewardFn,
+                 decode: Callable[[list[int]], str], temperature: float, layout: str, pad_id: int,
+):
+        self.actor = actor
+        self.reference = reference
+        self.reward_fn = reward_fn
+        self.decode = decode
+        # Log-probs are of the distribution that was sampled from: logits / temperature (greedy counts as 1).
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.layout = layout
+        self.pad_id = pad_id
+
+    def score(self, group: RolloutGroup) -> None:
+        """Decode the group's completions and fill its rewards and answer-extracted flags."""
+        group.texts = [self.decode(c.token_ids) for c in group.completions]
+        results = [self.reward_fn(text, group.prompt.reference) for text in group.texts]
+        group.rewards_G = torch.tensor([r.score for r in results], dtype=torch.float32)
+        group.extracted = [r.extracted for r in results]
+
+    def forward(self, groups: Sequence[RolloutGroup], device: torch.device) -> TokenLogprobs:
+        """Actor and reference log-probs of every response token of `groups`, packed in one layout."""
+        packed = self._pack(groups).to(device)
+        logits_UV = head_logits(self.actor, packed).float() / self.temperature
+        logp_N = torch.log_softmax(logits_UV, dim=-1)[packed.target_rows, packed.target_ids]
+        entropy_N = entropy_from_logits(logits_UV.detach())[packed.target_rows]
+        ref_logp_N = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logits_UV = head_logits(self.reference, packed).float() / self.temperature
+                ref_logp_N = torch.log_softmax(ref_logits_UV, dim=-1)[packed.target_rows, packed.target_ids]
+        lengths = torch.tensor([r for lens in packed.response_lens for r in lens], device=device)
+        seq_N = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        rollout_logp_N = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],
+                                      dtype=torch.float32, device=device)
+        return TokenLogprobs(logp_N, ref_logp_N, entropy_N, rollout_logp_N, seq_N)
+
+    def _pack(self, groups: Sequence[RolloutGroup]) -> PackedBatch:
+        items = [(g.prompt.prompt_ids, [c.token_ids for c in g.completions]) for g in groups]
+        if self.layout == "shared":
+            return pack_groups(items, pad_id=self.pad_id)
+        return pack_expanded(items, pad_id=self.pad_id)
+
+
+def head_logits(model: torch.nn.Module, packed: PackedBatch) -> torch.Tensor:
+    """logits_UV at the U positions that predict response tokens: the LM head runs only there."""
+    hidden = model.get_decoder()(**packed.model_kwargs()).last_hidden_state
+    return model.get_output_embeddings()(select_logit_positions(hidden, packed))
+
+
+def use_shared_prompt_attention(model: torch.nn.Module, kernel: str) -> None:
+    """Route the model's attention through the backend's shared-prompt kernel (AttentionInterface).
+
+    Without a packed layout in the forward kwargs the kernel is plain causal SDPA, so the same module
+    still generates with a KV cache and runs the expanded layout.
+    """
+    model.set_attn_implementation(register_with_transformers(kernel))

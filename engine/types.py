@@ -1,0 +1,49 @@
+"""Typed containers passed between the controller's stages.
+
+Shape legend used across Cadence: B prompts, G samples per prompt, P prompt length, R response length,
+T packed tokens, V vocabulary, H heads, D head dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class PromptItem:
+    """One prompt of an iteration: its tokens and what the reward needs to judge the answer."""
+
+    index: int  # position of the prompt in the dataset stream (unique within a run)
+    prompt_ids: list[int]
+    reference: str  # ground-truth final answer, e.g. "42"
+    text: str = ""  # the rendered prompt (for logs and reward models)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One sampled response: token ids (stop token included if it was produced) and their log-probs
+    under the sampling policy (after temperature), one per token."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool  # True when a stop token ended it, False when max_new_tokens did
+
+
+@dataclass(slots=True)
+class RolloutGroup:
+    """One prompt with its G completions, produced by the weights of `version`.
+
+    The trainer raises on a group whose version is not the current policy version: on-policy is checked.
+    """
+
+    prompt: PromptItem
+    completions: list[Completion]
+    version: int
+    texts: list[str] = field(default_factory=list)  # decoded completions, filled by the scorer
+    rewards_G: torch.Tensor | None = None  # float32 (G,)
+    extracted: list[bool] = field(default_factory=list)  # did the reward find an answer, per sample
+
+    @property
+    def group_size(self) -> int:
+        return len(self.completions)

@@ -1,0 +1,71 @@
+"""CUDA fast path: FlexAttention with a BlockMask built from the shared-prompt layout.
+
+The mask_mod is the rule of `reference.shared_prompt_mask` evaluated per (q, kv) index, so
+FlexAttention skips every 128 x 128 block that is fully masked (other groups, other
+responses) and only computes the partial blocks on the diagonals.
+
+Block masks are cached by layout (a micro-batch's layout is reused by every layer and by
+the reference-model forward); `flex_attention` is compiled once per process, lazily, so
+importing this module costs nothing. Pad queries are fully masked rows, for which
+FlexAttention returns zeros, matching the reference.
+
+FlexAttention has no backward on CPU in torch 2.13: use `portable` there. The forward runs
+on CPU in eager mode, which the CPU tests use to check the mask_mod.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from kernels.shared_prompt_attention.layout import PAD, PROMPT, SharedPromptLayout
+
+_BLOCK_MASKS: OrderedDict = OrderedDict()
+_MAX_CACHED_BLOCK_MASKS = 32
+_COMPILED: dict = {}
+
+
+def flex_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, v_HTD: torch.Tensor,
+                                 layout: SharedPromptLayout, *,
+                                 scale: float | None = None) -> torch.Tensor:
+    """Same contract as `reference_shared_prompt_attention`."""
+    flex_attention = _flex_attention(compiled=q_HTD.device.type != "cpu")
+    block_mask = shared_prompt_block_mask(layout.to(q_HTD.device))
+    out_1HTD = flex_attention(q_HTD[None], k_HTD[None], v_HTD[None], block_mask=block_mask,
+                              scale=scale, enable_gqa=k_HTD.shape[0] != q_HTD.shape[0])
+    return out_1HTD[0]
+
+
+def shared_prompt_block_mask(layout: SharedPromptLayout):
+    """The BlockMask of `layout` on the layout's device, cached by (layout.key, device)."""
+    key = (layout.key, str(layout.device))
+    if key in _BLOCK_MASKS:
+        _BLOCK_MASKS.move_to_end(key)
+        return _BLOCK_MASKS[key]
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    block_mask = create_block_mask(_mask_mod(layout), B=None, H=None, Q_LEN=layout.seq_len,
+                                   KV_LEN=layout.seq_len, device=layout.device)
+    _BLOCK_MASKS[key] = block_mask
+    if len(_BLOCK_MASKS) > _MAX_CACHED_BLOCK_MASKS:
+        _BLOCK_MASKS.popitem(last=False)
+    return block_mask
+
+
+def _mask_mod(layout: SharedPromptLayout):
+    gid_T, seg_T = layout.group_ids_T, layout.segment_ids_T
+
+    def shared_prompt(b, h, q_idx, kv_idx):
+        same_group = (gid_T[q_idx] == gid_T[kv_idx]) & (gid_T[q_idx] != PAD)
+        visible = (seg_T[kv_idx] == PROMPT) | (seg_T[kv_idx] == seg_T[q_idx])
+        return same_group & visible & (kv_idx <= q_idx)
+
+    return shared_prompt
+
+
+def _flex_attention(compiled: bool):
+    if compiled not in _COMPILED:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED[compiled] = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    return _COMPILED[compiled]

@@ -1,0 +1,31 @@
+"""Cadence: on-policy GRPO post-training for LLMs on CPU, CUDA and Ascend."""
+from setuptools import find_packages, setup
+
+setup(
+    name="cadence",
+    version="0.1.0",
+    description="Periodically asynchronous, strictly on-policy GRPO engine for LLM post-training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["engine", "engine.*", "backends", "backends.*", "kernels", "kernels.*"]),
+    # torch is installed first by the Makefile (a CPU or CUDA build chosen for the machine); this range
+    # is satisfied by the build already present, so pip never swaps it.
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.56,<5.20",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "omegaconf>=2.3",
+        "tokenizers>=0.20",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dev": ["pytest>=8"],
+        "vllm": ["vllm>=0.10"],
+        "ascend": ["torch-npu", "vllm-ascend"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": ["cadence = engine.cli:main"]},
+)
