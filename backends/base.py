@@ -1,9 +1,43 @@
 """The backend interface. Each backend (cpu, cuda, ascend) implements it without inheritance."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import torch
+
+
+class WeightSender(Protocol):
+    """Trainer side of a weight-sync transport (backends/weight_sync.py)."""
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Publish these values; on return the worker may read them (it is told so by a version message)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WeightReceiver(Protocol):
+    """Rollout-worker side; picklable, it is handed to the worker process when that is spawned."""
+
+    def open(self) -> None:
+        """Called once in the worker before it reads any message (joins a collective group, if any)."""
+        ...
+
+    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The values of the latest `send`, to be copied into the worker's model before acknowledging."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WeightSyncTransport(Protocol):
+    name: str  # "shared_memory" | "cuda_ipc" | "nccl_broadcast" | "hccl_broadcast"
+
+    def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                receiver_device: torch.device) -> tuple[WeightSender, WeightReceiver]:
+        """Allocate, once, what syncing tensors of these names, shapes and dtypes needs."""
+        ...
 
 
 class Backend(Protocol):
@@ -42,6 +76,10 @@ class Backend(Protocol):
 
     def set_threads(self, threads: int) -> None:
         """Set the host's intra-op thread count (0 keeps torch's default)."""
+        ...
+
+    def weight_sync_transport(self) -> WeightSyncTransport:
+        """How weights reach a rollout worker in another process (pipeline.placement=split)."""
         ...
 
     def rng_state(self) -> dict:

@@ -118,6 +118,32 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Where rollout runs and how it overlaps training (docs/pipeline.md)."""
+
+    # sync: generate every group, then train. periodic_async (arXiv 2511.18871): train on each group as it
+    # arrives while the rest are generated; still on-policy, one weight sync and one step per iteration.
+    schedule: Literal["sync", "periodic_async"] = "sync"
+    # colocated: the in-process native engine generates with the actor module itself (backend.threads for
+    # both phases, in turn). split: a rollout worker process with its own model copy and threads.
+    placement: Literal["colocated", "split"] = "colocated"
+    rollout_threads: int = 1  # split: intra-op threads of the rollout worker
+    trainer_threads: int = 1  # split: intra-op threads of the trainer process (replaces backend.threads)
+    sync_timeout_s: float = 60.0  # a weight sync the worker has not acknowledged by then is an error
+    restart_rollout: bool = False  # split: restart a dead worker once per iteration instead of stopping
+
+    def __post_init__(self) -> None:
+        if self.schedule == "periodic_async" and self.placement != "split":
+            raise ConfigError("pipeline.schedule: periodic_async needs pipeline.placement=split (generation and "
+                              "training overlap only when each has its own process and resources)")
+        for name in ("rollout_threads", "trainer_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"pipeline.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.sync_timeout_s <= 0:
+            raise ConfigError(f"pipeline.sync_timeout_s: must be > 0, got {self.sync_timeout_s}")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -129,6 +155,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # ----------------------------------------------------------------------------------------------- loading

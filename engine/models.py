@@ -12,15 +12,6 @@ from engine.config import ModelConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_model_folder(folder: Path) -> Path:
-    """Raise FileNotFoundError naming `model.path` unless `folder` looks like a Hugging Face model folder."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model.path: folder {folder} does not exist (expected a local Hugging Face model folder)")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"model.path: {folder} has no config.json (expected a Hugging Face model folder)")
-    return folder
-
-
 def load_tokenizer(folder: Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     if tokenizer.pad_token_id is None:

@@ -35,7 +35,7 @@ from kernels.shared_prompt_attention import LAYOUT_KWARG, GroupSpan, SharedPromp
 Group = tuple[list[int], list[list[int]]]  # (prompt_ids, [response_ids, ...])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PackedBatch:
     """Model inputs of one micro-batch plus the index maps back to (group, response, token).
 

@@ -20,17 +20,21 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     return args.recipe, args.overrides
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """runs/<name>/: reuse it on resume; refuse to clobber an existing run unless run.overwrite=true."""
+def check_run_dir(cfg: Config) -> Path:
+    """runs/<name>/: reused on resume; an existing run is never clobbered unless run.overwrite=true."""
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if run_dir.exists() and not cfg.run.resume and not cfg.run.overwrite:
+        raise ConfigError(f"run.name: {run_dir} already exists; set run.resume=true to continue it, "
+                          "run.overwrite=true to replace it, or choose another run.name")
+    return run_dir
+
+
+def create_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Called once every component was built, so bad input leaves no run folder behind."""
     if run_dir.exists() and not cfg.run.resume:
-        if not cfg.run.overwrite:
-            raise ConfigError(f"run.name: {run_dir} already exists; set run.resume=true to continue it, "
-                              "run.overwrite=true to replace it, or choose another run.name")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    return run_dir
 
 
 def check_world_size() -> None:
@@ -45,7 +49,9 @@ def run(cfg: Config) -> dict:
     from engine.controller import Controller
 
     check_world_size()
-    parts = build_components(cfg, prepare_run_dir(cfg))
+    run_dir = check_run_dir(cfg)
+    parts = build_components(cfg, run_dir)
+    create_run_dir(cfg, run_dir)
     return Controller(parts).run()
 
 

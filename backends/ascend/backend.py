@@ -10,6 +10,8 @@ import importlib.util
 
 import torch
 
+from backends.weight_sync import CollectiveBroadcastTransport
+
 
 def _torch_npu():
     import torch_npu  # noqa: F401  (registers torch.npu and the "npu" device type)
@@ -67,6 +69,11 @@ class AscendBackend:
     def set_threads(self, threads: int) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
+
+    def weight_sync_transport(self) -> CollectiveBroadcastTransport:
+        """HCCL broadcast from the trainer's NPU to the rollout worker's (another NPU). Unverified: written to
+        torch.distributed's documented API with torch_npu's "hccl" backend, never run on an NPU here."""
+        return CollectiveBroadcastTransport("hccl", self.device())
 
     def rng_state(self) -> dict:
         return {"npu": _torch_npu().get_rng_state_all()}

@@ -5,6 +5,8 @@ import resource
 
 import torch
 
+from backends.weight_sync import SharedBufferTransport
+
 
 class CpuBackend:
     name = "cpu"
@@ -43,6 +45,10 @@ class CpuBackend:
     def set_threads(self, threads: int) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
+
+    def weight_sync_transport(self) -> SharedBufferTransport:
+        """Shared-memory buffers, allocated once, copied into in place at each sync."""
+        return SharedBufferTransport("shared_memory", self.device(), self.synchronize)
 
     def rng_state(self) -> dict:
         return {}

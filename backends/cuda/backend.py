@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from backends.weight_sync import CollectiveBroadcastTransport, SharedBufferTransport
+
 
 class CudaBackend:
     name = "cuda"
@@ -45,6 +47,16 @@ class CudaBackend:
     def set_threads(self, threads: int) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
+
+    def weight_sync_transport(self, method: str = "nccl") -> CollectiveBroadcastTransport | SharedBufferTransport:
+        """NCCL broadcast from the trainer's GPU to the rollout worker's (another GPU), or with method="ipc"
+        CUDA IPC buffers on the trainer's GPU that the worker reads from (same node). Unverified here: no GPU
+        on the development machines; both follow the documented torch.distributed / torch.multiprocessing API."""
+        if method == "nccl":
+            return CollectiveBroadcastTransport("nccl", self.device())
+        if method == "ipc":
+            return SharedBufferTransport("cuda_ipc", self.device(), self.synchronize)
+        raise ValueError(f"unknown CUDA weight-sync method {method!r}; allowed: nccl, ipc")
 
     def rng_state(self) -> dict:
         return {"cuda": torch.cuda.get_rng_state_all()}

@@ -1,26 +1,41 @@
 """Shared-prompt vs expanded packing: throughput, activation memory and log-prob agreement.
 
-    python -m engine.bench shared-prompt [--json] [--device cpu]
+    python -m engine.bench shared-prompt [--json] [--device cpu] [--threads N] [--iters N]
 
 One training step per layout = actor forward + backward + reference-model forward, the GRPO
-trainer's per-micro-batch work. Both layouts score the same N response tokens, so
-tokens/s = N / step time and measured_ratio = tokens/s(shared) / tokens/s(expanded).
-ideal_ratio = G (P + R) / (P + G R) is the token-count ratio.
+trainer's per-micro-batch work, on a Qwen2 model of hidden 256, 4 layers, GQA 4/2 heads, 8k
+vocabulary, float32, one group per micro-batch. Both layouts score the same N response tokens,
+so tokens/s = N / step time and measured_ratio = tokens/s(shared) / tokens/s(expanded);
+ideal_ratio = G (P + R) / (P + G R) is the ratio of token counts.
 
-Logits are computed only where needed (`select_logit_positions` before the LM head) in both
-layouts, as a trainer should: the LM head and log-softmax then cost the same in both, which
-makes the ratio lower than a naive "logits for every token" comparison.
+Two LM-head variants are timed, alternating within each round:
+* top level ("all"): `model(...).logits` for every token, then gather. Cost grows with tokens,
+  the cost model behind ideal_ratio.
+* `lm_head_needed_only`: `packing.response_logprobs`, the LM head only at the U positions
+  that predict response tokens. Faster in absolute terms for both layouts, but the head then
+  costs the same in both, so the ratio is lower. Attention also keeps the ratio below ideal
+  at long prompts: response tokens still attend to all P prompt keys, so attention work falls
+  by P^2/2 (G - 1) only, less than the token count does.
+Step times are the minimum over `iters` rounds (wall clock), with this process's CPU time as
+a cross-check (`cpu_time_ratio`).
 
-Memory (`peak_mem_*`, bytes): on an accelerator, peak allocated memory over the step (weights
-included). On CPU there is no allocator peak counter, so the figure is the proxy named by
-`mem_metric`: bytes of distinct storages autograd saves for backward during the actor forward
-(weights excluded), i.e. the activation memory held at the forward/backward boundary, which
-is where training memory peaks and the only term that depends on the layout.
+Memory (`peak_mem_*`, bytes): on an accelerator, peak allocated memory over actor forward +
+backward (weights included). On CPU there is no allocator peak counter, so the figure is the
+proxy named by `mem_metric`: bytes of distinct storages autograd saves for backward during the
+actor forward (weights excluded), i.e. the activation memory held at the forward/backward
+boundary. It does not include transient buffers (e.g. full [T, V] logits).
+
+`max_rel_logprob_diff` = max over response tokens of |logp_shared - logp_expanded| / |logp_expanded|.
+`attention_ms`: the attention kernel alone (forward + backward, one layer) vs the dense reference.
 
 Shapes: P=128/R=128 (short prompts), a GSM8K-like shape, P=1024/R=128 (long shared prompt),
 G=8 each. GSM8K-like = P=160, R=256: a GSM8K question is ~60-90 tokens and a chat template
 with an instruction line adds ~70-100; GRPO recipes for GSM8K sample chain-of-thought answers
 of ~150-300 tokens with a 256-512 token budget, so R=256 is a full-budget response.
+
+On a CPU host shared with other jobs, `--threads 1` gives stable figures: with 2 threads each
+parallel op waits for a core another process holds (measured: a 0.35 ms elementwise op took
+6.6 ms), which swamps the work and hides the layout difference.
 """
 from __future__ import annotations
 
@@ -28,7 +43,6 @@ import argparse
 import copy
 import json
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -86,10 +100,12 @@ def _bench_shape(shape: Shape, device: str, kernel: str, config: BenchConfig) ->
     N = layouts["shared"].num_response_tokens
     adv_N = torch.randn(N, device=device)
     seconds = _time_steps(actor, reference, layouts, adv_N, config.iters)
-    tps = {variant: round(N / s, 1) for variant, s in seconds.items()}
+    tps = {variant: round(N / s, 1) for variant, s in seconds["wall"].items()}
+    cpu_s = seconds["cpu"]
     per_head = {head: {
         "measured_ratio": round(tps[("shared", head)] / tps[("expanded", head)], 3),
         "tokens_per_s": {name: tps[(name, head)] for name in layouts},
+        "cpu_time_ratio": round(cpu_s[("expanded", head)] / cpu_s[("shared", head)], 3),
         "peak_mem_shared": _peak_memory(actor, layouts["shared"], head, device),
         "peak_mem_expanded": _peak_memory(actor, layouts["expanded"], head, device),
     } for head in LM_HEADS}
@@ -102,6 +118,7 @@ def _bench_shape(shape: Shape, device: str, kernel: str, config: BenchConfig) ->
         "response_tokens": N,
         "kernel": kernel,
         "device": device,
+        "threads": torch.get_num_threads(),
         "mem_metric": "autograd_saved_bytes" if device == "cpu" else "max_memory_allocated",
         "attention_ms": _attention_ms(shape, device, kernel, config),
     }
@@ -142,20 +159,26 @@ def _train_step(actor, reference, packed: PackedBatch, lm_head: str, adv_N: torc
         token_logprobs(reference, packed, lm_head)
 
 
-def _time_steps(actor, reference, layouts: dict, adv_N, iters: int) -> dict[tuple[str, str], float]:
-    """Best step seconds per (layout, lm_head). Variants alternate within each round so that
-    background load hits all alike; the minimum discards rounds slowed by other processes."""
+def _time_steps(actor, reference, layouts: dict, adv_N, iters: int) -> dict[str, dict]:
+    """Best step seconds per (layout, lm_head), by wall clock and by this process's CPU time.
+
+    Variants alternate within each round so background load hits all alike; the minimum
+    discards rounds slowed by other processes. CPU time (all threads of this process) is less
+    sensitive to other processes on a shared host than wall time; it is reported alongside.
+    """
     variants = [(name, head) for head in LM_HEADS for name in layouts]
-    samples: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    wall: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    cpu: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
     for i in range(iters + 1):
         for name, head in variants:
             _sync(layouts[name].input_ids.device)
-            start = time.perf_counter()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
             _train_step(actor, reference, layouts[name], head, adv_N)
             _sync(layouts[name].input_ids.device)
             if i > 0:  # the first round warms up allocators and compiled kernels
-                samples[(name, head)].append(time.perf_counter() - start)
-    return {v: min(s) for v, s in samples.items()}
+                wall[(name, head)].append(time.perf_counter() - wall_start)
+                cpu[(name, head)].append(time.process_time() - cpu_start)
+    return {"wall": {v: min(t) for v, t in wall.items()}, "cpu": {v: min(t) for v, t in cpu.items()}}
 
 
 def _peak_memory(actor, packed: PackedBatch, lm_head: str, device: str) -> int:
@@ -218,9 +241,11 @@ def _format(result: dict) -> str:
     mib = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
     tps = lambda r: "{shared:.0f} vs {expanded:.0f} tok/s".format(**r["tokens_per_s"])  # noqa: E731
     return (f"P={s['P']} R={s['R']} G={s['G']}: ideal {result['ideal_ratio']:.2f}x | "
-            f"all-token LM head: measured {result['measured_ratio']:.2f}x ({tps(result)}), "
+            f"all-token LM head: measured {result['measured_ratio']:.2f}x ({tps(result)}; "
+            f"cpu-time {result['cpu_time_ratio']:.2f}x), "
             f"mem {mib(result['peak_mem_shared'])} vs {mib(result['peak_mem_expanded'])} | "
-            f"needed-only LM head: {needed['measured_ratio']:.2f}x ({tps(needed)}), "
+            f"needed-only LM head: {needed['measured_ratio']:.2f}x ({tps(needed)}; "
+            f"cpu-time {needed['cpu_time_ratio']:.2f}x), "
             f"mem {mib(needed['peak_mem_shared'])} vs {mib(needed['peak_mem_expanded'])} | "
             f"[{result['mem_metric']}] max rel logp diff {result['max_rel_logprob_diff']:.1e} | "
             f"attention fwd+bwd ms {result['attention_ms']}")
@@ -232,12 +257,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default=None, choices=sorted(KERNELS),
                         help=f"shared-prompt kernel (default by device type: {DEFAULT_KERNEL})")
     parser.add_argument("--iters", type=int, default=BenchConfig.iters, help="timed steps per layout")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's). On a host shared with other "
+                             "jobs, 1 thread avoids the per-op stalls of waiting for a busy core")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m engine.bench shared-prompt", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return run(args.device, json_out=args.json, kernel=args.kernel, config=BenchConfig(iters=args.iters))
 
 

@@ -1,6 +1,6 @@
 """Synthetic GSM8K-style word problems: the task of the embedded default (`embedded://tiny-math`).
 
-Each problem is a short story with 2-3 arithmetic steps on small numbers, e.g.
+Each problem is a short story with 2-3 arithmetic steps on single-digit numbers, e.g.
 
     Question: Tom has 7 apples. He buys 5 more and gives 3 to Ann. How many apples does Tom have now?
     Answer: 7 + 5 = 12
@@ -108,60 +108,65 @@ def _draw_problem(rng: random.Random) -> Problem:
 
 
 # ------------------------------------------------------------------------------------------- templates
-# Each template draws its numbers so every intermediate result is a non-negative integer below ~200, and
-# returns (question, steps) with the steps in the order a person would work them.
+# Every number in a question is a single digit and the working uses them in the order they appear, so a
+# tiny model can learn to copy them; intermediate results stay non-negative integers below 100.
+
+
+def _digit(rng: random.Random, low: int = 2, high: int = 9) -> int:
+    return rng.randint(low, min(high, 9))
 
 
 def _buy_then_give(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
-    a, b = rng.randint(2, 30), rng.randint(2, 20)
-    c = rng.randint(2, a + b - 1)
+    a, b = _digit(rng), _digit(rng)
+    c = _digit(rng, high=a + b - 1)
     question = (f"{p.name} has {a} {obj}. {p.subject} buys {b} more and gives {c} to {q.name}. "
                 f"How many {obj} does {p.name} have now?")
     return question, [(a, "+", b, a + b), (a + b, "-", c, a + b - c)]
 
 
 def _boxes_then_give(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
-    c = rng.randint(2, a * b - 1)
+    a, b = _digit(rng), _digit(rng)
+    c = _digit(rng, high=a * b - 1)
     question = (f"{p.name} has {a} boxes with {b} {obj} in each box. {p.subject} gives {c} {obj} to "
                 f"{q.name}. How many {obj} does {p.name} have left?")
     return question, [(a, "*", b, a * b), (a * b, "-", c, a * b - c)]
 
 
 def _packs_then_gift(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
-    a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 20)
+    a, b, c = _digit(rng), _digit(rng), _digit(rng)
     question = (f"{p.name} buys {a} packs of {obj}. Each pack has {b} {obj}. {q.name} gives {p.object} "
                 f"{c} more. How many {obj} does {p.name} have now?")
     return question, [(a, "*", b, a * b), (a * b, "+", c, a * b + c)]
 
 
 def _pool_then_share(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
-    c, share = rng.randint(2, 6), rng.randint(2, 9)
-    total = c * share
-    a = rng.randint(2, total - 2)
+    friends = _digit(rng, high=6)
+    share = rng.randint(-(-4 // friends), 18 // friends)  # total in 4..18: two single-digit piles of >= 2
+    total = friends * share
+    a = rng.randint(max(2, total - 9), min(9, total - 2))
     question = (f"{p.name} has {a} {obj} and {q.name} has {total - a} {obj}. They put them together and "
-                f"share them equally among {c} friends. How many {obj} does each friend get?")
-    return question, [(a, "+", total - a, total), (total, "/", c, share)]
+                f"share them equally among {friends} friends. How many {obj} does each friend get?")
+    return question, [(a, "+", total - a, total), (total, "/", friends, share)]
 
 
 def _buy_give_find(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
-    a, b = rng.randint(2, 30), rng.randint(2, 20)
-    c, d = rng.randint(2, a + b - 1), rng.randint(2, 20)
+    a, b = _digit(rng), _digit(rng)
+    c, d = _digit(rng, high=a + b - 1), _digit(rng)
     question = (f"{p.name} has {a} {obj}. {p.subject} buys {b} more, gives {c} to {q.name}, and then "
                 f"finds {d} more. How many {obj} does {p.name} have now?")
     left = a + b - c
     return question, [(a, "+", b, a + b), (a + b, "-", c, left), (left, "+", d, left + d)]
 
 
-def _bags_then_lose(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
-    a, b, c = rng.randint(2, 30), rng.randint(2, 9), rng.randint(2, 9)
-    total = a + b * c
-    d = rng.randint(2, total - 1)
-    question = (f"{p.name} has {a} {obj}. {q.name} gives {p.object} {b} bags with {c} {obj} in each bag, "
-                f"and then {p.name} loses {d} {obj}. How many {obj} does {p.name} have now?")
-    return question, [(b, "*", c, b * c), (a, "+", b * c, total), (total, "-", d, total - d)]
+def _bags_gift_lose(rng: random.Random, p: _Person, q: _Person, obj: str) -> tuple[str, list[_Step]]:
+    a, b, c = _digit(rng), _digit(rng), _digit(rng)
+    total = a * b + c
+    d = _digit(rng, high=total - 1)
+    question = (f"{p.name} has {a} bags with {b} {obj} in each bag. {q.name} gives {p.object} {c} more, "
+                f"and then {p.name} loses {d}. How many {obj} does {p.name} have now?")
+    return question, [(a, "*", b, a * b), (a * b, "+", c, total), (total, "-", d, total - d)]
 
 
 _TEMPLATES: tuple[Callable[[random.Random, _Person, _Person, str], tuple[str, list[_Step]]], ...] = (
-    _buy_then_give, _boxes_then_give, _packs_then_gift, _pool_then_share, _buy_give_find, _bags_then_lose,
+    _buy_then_give, _boxes_then_give, _packs_then_gift, _pool_then_share, _buy_give_find, _bags_gift_lose,
 )

@@ -1,64 +1,93 @@
 """The native rollout engine: batched KV-cache sampling with the Hugging Face module itself.
 
 We own the decode loop (the model's forward, not HF `generate`) so that a prompt is prefilled once for its G
-samples, groups are yielded the moment they finish, and sampling is a pure function of (weights, prompts, params).
+samples, groups are yielded the moment they finish, freed batch rows are refilled with the call's waiting
+prompts (continuous batching), and sampling is a pure function of (weights, prompts, params).
 
-One chunk of B prompts (at most `max_batch_sequences` sequences in flight):
+One call with B prompts, at most `max_batch_sequences` sequences (rows) in flight:
 
-    prompts, left-padded       prefill once          cache expanded G-fold             decode
-    [pad pad  a1  a2  a3] ---> KV (B, P) ---> KV (B*G, P), repeat_interleave ---> one token per live row a step;
-    [ b1  b2  b3  b4  b5]                      (a copy: the prompt is not recomputed)  stopped rows are dropped
-                                                                                      from the batch now and then
+    waiting prompts        prefill once           cache expanded G-fold                decode
+    [c] [d] ...   ------>  KV (k, P') -------->   KV (k*G, P'), repeat_interleave ---> one token per row a step;
+      admitted when k*G                            left-padded to the batch's L         stopped rows are dropped
+      rows are free                                and appended to the batch           now and then, making room
 
-Sequence s of a chunk is sample s % G of prompt s // G. Shapes: N = B*G sequences of the chunk, n <= N rows
-still in the batch, P padded prompt length, L cached length, R = max_new_tokens, V vocabulary.
+Sequence s of a call is sample s % G of prompt s // G (b = position in `prompts`). Shapes: n rows in the
+batch, L cached length (left padding included), P' prompt length, R = max_new_tokens, V vocabulary.
+
+Randomness: every prompt draws from its own generator, seeded from (params.seed, prompt.index), G uniforms
+per decode step of that prompt. A prompt's samples therefore do not depend on the batch capacity, on
+which prompts share its batch or on when it was admitted: a remote worker, a colocated engine, or a
+restarted worker that regenerates only the missing prompts all sample the same tokens (up to float
+round-off of batched kernels, which can change a token only when a uniform falls within ~1e-7 of a CDF step).
 
 Deviation from a textbook sampler: the recorded log-prob of a token is that of the untruncated tempered policy
 (see engine/rollout/sampling.py), because that is what the trainer's importance ratio recomputes.
 """
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from engine.metrics import Span
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params, sample_next
 from engine.types import Completion, PromptItem, RolloutGroup
 
-# Stopped rows stay in the batch (fed padding, not recorded) until they are this fraction of it: dropping them
-# copies the whole KV cache, so doing it on every stop would cost more than the wasted rows.
+# Stopped rows stay in the batch (fed padding, not recorded) until they are this fraction of it, or until
+# dropping them makes room for a waiting prompt: dropping copies the whole KV cache, so doing it on every
+# stop would cost more than the wasted rows.
 _COMPACT_DEAD_FRACTION = 0.25
+_SPAN_MERGE_GAP_S = 1e-3  # busy intervals closer than this are one span (the worker's send between groups)
+_MAX_SPANS = 10_000  # an engine nobody pops keeps only its latest spans
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(slots=True)
-class _Chunk:
-    """Decode state of one chunk of prompts; the row tensors (`_n`) are indexed by batch row."""
+class _Rows:
+    """The sequences in flight, one per batch row (`_n`), sharing one left-padded KV cache."""
 
-    prompts: list[PromptItem]  # B
-    group_size: int  # G
     cache: DynamicCache  # per layer (n, heads, L, head_dim)
     logits_nV: torch.Tensor  # float32 next-token logits of each row
     mask_nL: torch.Tensor  # attention mask over the cached positions (0 = left padding)
     pos_n: torch.Tensor  # position id of each row's next token (= its number of real tokens so far)
     seq_n: torch.Tensor  # sequence id of each row
+    step_n: torch.Tensor  # tokens sampled so far by each row
     live_n: torch.Tensor  # bool: the row has not stopped
     tokens_n: torch.Tensor  # the tokens sampled at the last step, not yet in the cache
-    tokens_SR: torch.Tensor  # (N + 1, R) sampled tokens by sequence; row N absorbs writes from stopped rows
-    logp_SR: torch.Tensor  # (N + 1, R) float32 their log-probs
+
+    @property
+    def count(self) -> int:
+        return self.seq_n.numel()
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Decode state of one generate() call; `_S` lists and tensors are indexed by sequence, `_B` by prompt."""
+
+    prompts: list[PromptItem]  # B
+    group_size: int  # G
+    tokens_SR: torch.Tensor  # (B*G + 1, R) sampled tokens by sequence; row B*G absorbs writes from stopped rows
+    logp_SR: torch.Tensor  # (B*G + 1, R) float32 their log-probs
+    u_S: torch.Tensor  # (B*G,) this step's uniforms by sequence
     lengths_S: list[int]  # tokens generated by each sequence, set when it stops
     hit_stop_S: list[bool]  # did a stop token end it (Completion.finished)
-    running_B: list[int]  # samples of each prompt still generating
-    step: int = 0  # tokens sampled so far by every live row
+    running_B: list[int]  # samples of each prompt still generating (G until it is admitted)
+    generators_B: list[torch.Generator | None]  # each admitted prompt's own random stream (None when greedy)
+    rows: _Rows | None = None  # None while no row is in flight
+    admitted: int = 0  # prompts [0, admitted) have entered the batch
     dead_rows: int = 0  # stopped rows still in the batch
 
     @property
     def running(self) -> bool:
-        return any(self.running_B)
+        return self.admitted < len(self.prompts) or any(self.running_B[:self.admitted])
 
 
 class NativeRolloutEngine:
@@ -79,6 +108,7 @@ class NativeRolloutEngine:
         self.device = torch.device(device)
         self.max_batch_sequences = max_batch_sequences
         self.version = 0
+        self._spans: deque[Span] = deque(maxlen=_MAX_SPANS)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Copy the given tensors into the module's parameters/buffers by name and record `version`.
@@ -89,7 +119,7 @@ class NativeRolloutEngine:
         targets = dict(self.model.named_parameters(remove_duplicate=False))
         targets.update(self.model.named_buffers(remove_duplicate=False))
         written: dict[int, str] = {}  # id(target) -> the name it was written under
-        with torch.no_grad():
+        with self._busy("load_weights"), torch.no_grad():
             for name, tensor in named_tensors:
                 target = targets.get(name)
                 if target is None:
@@ -108,121 +138,233 @@ class NativeRolloutEngine:
                 raise ValueError(f"prompt {item.index} has no tokens: there is nothing to condition on")
         return self._generate(list(prompts), params)
 
+    def pop_spans(self) -> list[Span]:
+        """This engine's busy intervals since the last call (lane "rollout"; stages "generate", "load_weights"),
+        in seconds of this process's `time.perf_counter()`; time the consumer held a suspended generator is
+        not in them."""
+        out = list(self._spans)
+        self._spans.clear()
+        return out
+
+    def close(self) -> None:
+        """Nothing to release: the module belongs to the caller."""
+
+    # ------------------------------------------------------------------ the decode loop
     def _generate(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         version = self.version
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(params.seed)
         stop_ids = torch.tensor(sorted({self.eos_token_id, *params.stop_token_ids}), device=self.device)
-        per_chunk = max(1, self.max_batch_sequences // params.n)
+        batch = self._new_batch(prompts, params)
         fingerprint = _weights_fingerprint(self.model)
-        for start in range(0, len(prompts), per_chunk):
-            with _generation_mode(self.model, fingerprint):
-                chunk = self._prefill(prompts[start:start + per_chunk], params)
-            while chunk.running:
-                with _generation_mode(self.model, fingerprint):
-                    done_b = self._decode_until_a_group_ends(chunk, params, generator, stop_ids)
-                for b in done_b:  # outside the mode: the consumer runs here
-                    yield _make_group(chunk, b, version)
+        while batch.running:
+            with self._busy("generate"), _generation_mode(self.model, fingerprint):
+                done_b = self._decode_until_a_group_ends(batch, params, stop_ids)
+            for b in done_b:  # outside the mode: the consumer runs here
+                yield _make_group(batch, b, version)
 
-    def _prefill(self, prompts: list[PromptItem], params: SamplingParams) -> _Chunk:
-        """Run the B prompts once, then copy their cache and last logits to the B*G sequences."""
-        G, R = params.n, params.max_new_tokens
-        ids_BP, mask_BP = _left_pad([p.prompt_ids for p in prompts], self.pad_token_id, self.device)
-        pos_BP = (mask_BP.cumsum(-1) - 1).clamp_min(0)  # real tokens count from 0 whatever the padding
-        out = self.model(input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP,
-                         past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(G)
-        N = len(prompts) * G
-        return _Chunk(
-            prompts=prompts, group_size=G, cache=cache,
-            logits_nV=out.logits[:, -1].float().repeat_interleave(G, dim=0),
-            mask_nL=mask_BP.repeat_interleave(G, dim=0),
-            pos_n=mask_BP.sum(-1).repeat_interleave(G),
-            seq_n=torch.arange(N, device=self.device),
-            live_n=torch.ones(N, dtype=torch.bool, device=self.device),
-            tokens_n=torch.full((N,), self.pad_token_id, dtype=torch.long, device=self.device),
-            tokens_SR=torch.full((N + 1, R), self.pad_token_id, dtype=torch.long, device=self.device),
-            logp_SR=torch.zeros((N + 1, R), dtype=torch.float32, device=self.device),
-            lengths_S=[0] * N, hit_stop_S=[False] * N, running_B=[G] * len(prompts))
+    def _new_batch(self, prompts: list[PromptItem], params: SamplingParams) -> _Batch:
+        G, R, S = params.n, params.max_new_tokens, len(prompts) * params.n
+        return _Batch(
+            prompts=prompts, group_size=G,
+            tokens_SR=torch.full((S + 1, R), self.pad_token_id, dtype=torch.long, device=self.device),
+            logp_SR=torch.zeros((S + 1, R), dtype=torch.float32, device=self.device),
+            u_S=torch.zeros(S, dtype=torch.float32, device=self.device),
+            lengths_S=[0] * S, hit_stop_S=[False] * S, running_B=[G] * len(prompts),
+            generators_B=[None] * len(prompts))
 
-    def _decode_until_a_group_ends(self, chunk: _Chunk, params: SamplingParams, generator: torch.Generator,
-                                   stop_ids: torch.Tensor) -> list[int]:
+    def _decode_until_a_group_ends(self, batch: _Batch, params: SamplingParams, stop_ids: torch.Tensor) -> list[int]:
         """Decode steps until at least one prompt's G samples have all stopped; return those prompts."""
         while True:
-            done_b = self._step(chunk, params, generator, stop_ids)
-            if done_b or not chunk.running:
+            done_b = self._step(batch, params, stop_ids)
+            if done_b or not batch.running:
                 return done_b
 
-    def _step(self, chunk: _Chunk, params: SamplingParams, generator: torch.Generator,
-              stop_ids: torch.Tensor) -> list[int]:
-        """Feed the previous step's tokens, then sample a token for every live row and retire stopped rows.
+    def _step(self, batch: _Batch, params: SamplingParams, stop_ids: torch.Tensor) -> list[int]:
+        """Feed the previous step's tokens, admit waiting prompts into free rows, then sample a token for every
+        row and retire the rows that stopped.
 
         The forward comes first so that a group is handed over as soon as its last stop token is sampled.
         """
-        if chunk.step > 0:
-            self._advance(chunk)
-        tokens_n, logp_n = sample_next(chunk.logits_nV, params, generator)
-        tokens_n = torch.where(chunk.live_n, tokens_n, self.pad_token_id)
-        dest_n = torch.where(chunk.live_n, chunk.seq_n, chunk.tokens_SR.shape[0] - 1)
-        chunk.tokens_SR[dest_n, chunk.step] = tokens_n
-        chunk.logp_SR[dest_n, chunk.step] = logp_n
-        chunk.tokens_n = tokens_n
-        chunk.step += 1
-        hit_n = torch.isin(tokens_n, stop_ids) & chunk.live_n
-        ended_n = chunk.live_n.clone() if chunk.step == params.max_new_tokens else hit_n
-        return _retire(chunk, ended_n, hit_n)
+        if batch.rows is not None:
+            self._advance(batch)
+        self._admit(batch, params)
+        rows = batch.rows
+        tokens_n, logp_n = sample_next(rows.logits_nV, params, u_N=_uniforms(batch, params))
+        tokens_n = torch.where(rows.live_n, tokens_n, self.pad_token_id)
+        dest_n = torch.where(rows.live_n, rows.seq_n, batch.tokens_SR.shape[0] - 1)
+        col_n = torch.where(rows.live_n, rows.step_n, 0)
+        batch.tokens_SR[dest_n, col_n] = tokens_n
+        batch.logp_SR[dest_n, col_n] = logp_n
+        rows.tokens_n = tokens_n
+        rows.step_n = rows.step_n + rows.live_n.long()
+        hit_n = torch.isin(tokens_n, stop_ids) & rows.live_n
+        ended_n = rows.live_n & (hit_n | (rows.step_n == params.max_new_tokens))
+        return _retire(batch, ended_n, hit_n)
 
-    def _advance(self, chunk: _Chunk) -> None:
+    def _advance(self, batch: _Batch) -> None:
         """Append the last sampled tokens to the cache and compute the next logits of every row."""
-        if chunk.dead_rows >= _COMPACT_DEAD_FRACTION * chunk.seq_n.numel():
-            _compact(chunk)
-        chunk.mask_nL = torch.cat([chunk.mask_nL, torch.ones_like(chunk.mask_nL[:, :1])], dim=1)
-        out = self.model(input_ids=chunk.tokens_n[:, None], attention_mask=chunk.mask_nL,
-                         position_ids=chunk.pos_n[:, None], past_key_values=chunk.cache, use_cache=True)
-        chunk.cache = out.past_key_values
-        chunk.logits_nV = out.logits[:, -1].float()
-        chunk.pos_n = chunk.pos_n + 1
+        rows = batch.rows
+        if batch.dead_rows >= _COMPACT_DEAD_FRACTION * rows.count or self._compaction_admits(batch):
+            batch.rows, batch.dead_rows = _compact(rows), 0
+            rows = batch.rows
+            if rows is None:
+                return
+        rows.mask_nL = torch.cat([rows.mask_nL, torch.ones_like(rows.mask_nL[:, :1])], dim=1)
+        out = self.model(input_ids=rows.tokens_n[:, None], attention_mask=rows.mask_nL,
+                         position_ids=rows.pos_n[:, None], past_key_values=rows.cache, use_cache=True)
+        rows.cache = out.past_key_values
+        rows.logits_nV = out.logits[:, -1].float()
+        rows.pos_n = rows.pos_n + 1
+
+    def _compaction_admits(self, batch: _Batch) -> bool:
+        """Would dropping the stopped rows free enough rows for the next waiting prompt?"""
+        if batch.dead_rows == 0 or batch.admitted == len(batch.prompts):
+            return False
+        return batch.rows.count - batch.dead_rows + batch.group_size <= self.max_batch_sequences
+
+    def _admit(self, batch: _Batch, params: SamplingParams) -> None:
+        """Prefill the waiting prompts that fit in the free rows, in prompt order (continuous batching).
+
+        An empty batch always admits one prompt, so a group larger than the capacity still runs (alone).
+        """
+        in_flight = batch.rows.count if batch.rows is not None else 0
+        fits = (self.max_batch_sequences - in_flight) // batch.group_size
+        k = min(max(fits, int(batch.rows is None)), len(batch.prompts) - batch.admitted)
+        if k <= 0:
+            return
+        first = batch.admitted
+        new = self._prefill(batch.prompts[first:first + k], first, params)
+        batch.rows = new if batch.rows is None else _concat(batch.rows, new)
+        for b in range(first, first + k):
+            if params.temperature > 0:
+                seed = _prompt_seed(params.seed, batch.prompts[b].index)
+                batch.generators_B[b] = torch.Generator(device=self.device).manual_seed(seed)
+        batch.admitted += k
+
+    def _prefill(self, prompts: list[PromptItem], first: int, params: SamplingParams) -> _Rows:
+        """Run the k prompts once, then copy their cache and last logits to their k*G sequences."""
+        G = params.n
+        ids_kP, mask_kP = _left_pad([p.prompt_ids for p in prompts], self.pad_token_id, self.device)
+        pos_kP = (mask_kP.cumsum(-1) - 1).clamp_min(0)  # real tokens count from 0 whatever the padding
+        out = self.model(input_ids=ids_kP, attention_mask=mask_kP, position_ids=pos_kP,
+                         past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(G)
+        n = len(prompts) * G
+        return _Rows(
+            cache=cache, logits_nV=out.logits[:, -1].float().repeat_interleave(G, dim=0),
+            mask_nL=mask_kP.repeat_interleave(G, dim=0), pos_n=mask_kP.sum(-1).repeat_interleave(G),
+            seq_n=torch.arange(first * G, first * G + n, device=self.device),
+            step_n=torch.zeros(n, dtype=torch.long, device=self.device),
+            live_n=torch.ones(n, dtype=torch.bool, device=self.device),
+            tokens_n=torch.full((n,), self.pad_token_id, dtype=torch.long, device=self.device))
+
+    @contextmanager
+    def _busy(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            last = self._spans[-1] if self._spans else None
+            if last is not None and last.stage == stage and start - last.end_s < _SPAN_MERGE_GAP_S:
+                self._spans[-1] = last._replace(end_s=end)
+            else:
+                self._spans.append(Span("rollout", stage, start, end))
 
 
-def _retire(chunk: _Chunk, ended_n: torch.Tensor, hit_n: torch.Tensor) -> list[int]:
+def _uniforms(batch: _Batch, params: SamplingParams) -> torch.Tensor | None:
+    """u_n: this step's uniform of every row, G fresh draws from each running prompt's own generator."""
+    if params.temperature == 0:
+        return None
+    G = batch.group_size
+    for b in range(batch.admitted):
+        if batch.running_B[b] > 0:
+            batch.u_S[b * G:(b + 1) * G] = torch.rand(G, generator=batch.generators_B[b], device=batch.u_S.device)
+    return batch.u_S[batch.rows.seq_n]
+
+
+def _prompt_seed(seed: int, index: int) -> int:
+    """SplitMix64 of (seed, index): a prompt's stream is unrelated to its neighbours' and to other seeds'."""
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64))
+
+
+def _splitmix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _retire(batch: _Batch, ended_n: torch.Tensor, hit_n: torch.Tensor) -> list[int]:
     """Mark the rows in `ended_n` stopped; return the prompts whose last sample just stopped, in order."""
+    rows = batch.rows
     # The one host synchronisation of a step: which sequences stopped, and whether by a stop token.
-    codes = torch.where(ended_n, chunk.seq_n * 2 + hit_n.long(), -1).tolist()
-    chunk.live_n &= ~ended_n
+    codes, lengths = torch.stack([torch.where(ended_n, rows.seq_n * 2 + hit_n.long(), -1), rows.step_n]).tolist()
+    rows.live_n &= ~ended_n
     done_b = []
-    for code in codes:
+    for code, length in zip(codes, lengths):
         if code < 0:
             continue
         s, hit = divmod(code, 2)
-        chunk.lengths_S[s], chunk.hit_stop_S[s] = chunk.step, bool(hit)
-        chunk.dead_rows += 1
-        b = s // chunk.group_size
-        chunk.running_B[b] -= 1
-        if chunk.running_B[b] == 0:
+        batch.lengths_S[s], batch.hit_stop_S[s] = length, bool(hit)
+        batch.dead_rows += 1
+        b = s // batch.group_size
+        batch.running_B[b] -= 1
+        if batch.running_B[b] == 0:
             done_b.append(b)
     return sorted(done_b)
 
 
-def _compact(chunk: _Chunk) -> None:
-    """Drop the stopped rows from the KV cache and every row tensor."""
-    keep_n = torch.nonzero(chunk.live_n).squeeze(-1)
-    chunk.cache.batch_select_indices(keep_n)
-    chunk.mask_nL, chunk.pos_n = chunk.mask_nL[keep_n], chunk.pos_n[keep_n]
-    chunk.seq_n, chunk.live_n, chunk.tokens_n = chunk.seq_n[keep_n], chunk.live_n[keep_n], chunk.tokens_n[keep_n]
-    chunk.dead_rows = 0
+def _compact(rows: _Rows) -> _Rows | None:
+    """Drop the stopped rows from the KV cache and every row tensor, and the left-padding columns no remaining
+    row needs; None when no row is left."""
+    keep_n = torch.nonzero(rows.live_n).squeeze(-1)
+    if keep_n.numel() == 0:
+        return None
+    rows.cache.batch_select_indices(keep_n)
+    rows.mask_nL = rows.mask_nL[keep_n]
+    for name in ("logits_nV", "pos_n", "seq_n", "step_n", "live_n", "tokens_n"):
+        setattr(rows, name, getattr(rows, name)[keep_n])
+    unused = int(rows.mask_nL.any(0).long().argmax())  # leading columns that are padding in every row
+    if unused > 0:
+        rows.mask_nL = rows.mask_nL[:, unused:]
+        _map_cache(rows.cache, lambda t: t[:, :, unused:])
+    return rows
 
-def _make_group(chunk: _Chunk, b: int, version: int) -> RolloutGroup:
-    G = chunk.group_size
-    tokens_GR = chunk.tokens_SR[b * G:(b + 1) * G].tolist()
-    logp_GR = chunk.logp_SR[b * G:(b + 1) * G].tolist()
+
+def _concat(old: _Rows, new: _Rows) -> _Rows:
+    """One batch of both row sets: the shorter cache is left-padded (masked) to the longer one's length."""
+    L = max(old.mask_nL.shape[1], new.mask_nL.shape[1])
+    for rows in (old, new):
+        missing = L - rows.mask_nL.shape[1]
+        if missing > 0:
+            rows.mask_nL = F.pad(rows.mask_nL, (missing, 0))
+            _map_cache(rows.cache, lambda t, m=missing: F.pad(t, (0, 0, m, 0)))
+    for old_layer, new_layer in zip(old.cache.layers, new.cache.layers):
+        old_layer.keys = torch.cat([old_layer.keys, new_layer.keys])
+        old_layer.values = torch.cat([old_layer.values, new_layer.values])
+    for name in ("logits_nV", "mask_nL", "pos_n", "seq_n", "step_n", "live_n", "tokens_n"):
+        setattr(old, name, torch.cat([getattr(old, name), getattr(new, name)]))
+    return old
+
+
+def _map_cache(cache: DynamicCache, fn) -> None:
+    """Apply `fn` to every layer's (n, heads, L, head_dim) keys and values."""
+    for layer in cache.layers:
+        layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+
+
+def _make_group(batch: _Batch, b: int, version: int) -> RolloutGroup:
+    G = batch.group_size
+    tokens_GR = batch.tokens_SR[b * G:(b + 1) * G].tolist()
+    logp_GR = batch.logp_SR[b * G:(b + 1) * G].tolist()
     completions = []
     for g in range(G):
         s = b * G + g
-        length = chunk.lengths_S[s]
+        length = batch.lengths_S[s]
         completions.append(Completion(token_ids=tokens_GR[g][:length], logprobs=logp_GR[g][:length],
-                                      finished=chunk.hit_stop_S[s]))
-    return RolloutGroup(prompt=chunk.prompts[b], completions=completions, version=version)
+                                      finished=batch.hit_stop_S[s]))
+    return RolloutGroup(prompt=batch.prompts[b], completions=completions, version=version)
 
 
 def _left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,5 +67,7 @@ def _flex_attention(compiled: bool):
     if compiled not in _COMPILED:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _COMPILED[compiled] = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+        # Default dynamism: the second distinct T compiles a dynamic-shape kernel reused for all
+        # later T (a static compile per T would hit the recompile limit and fall back to eager).
+        _COMPILED[compiled] = torch.compile(flex_attention) if compiled else flex_attention
     return _COMPILED[compiled]

@@ -84,10 +84,14 @@ class SharedPromptLayout:
         return (self.seq_len, self.groups)
 
     def to(self, device: torch.device | str) -> "SharedPromptLayout":
+        """This layout on `device`; the copy is kept, so per-layer calls move the ids only once."""
         if torch.device(device) == self.device:
             return self
-        return SharedPromptLayout(self.seq_len, self.groups, self.group_ids_T.to(device),
-                                  self.segment_ids_T.to(device))
+        key = ("moved_to", str(device))
+        if key not in self.cache:
+            self.cache[key] = SharedPromptLayout(self.seq_len, self.groups, self.group_ids_T.to(device),
+                                                 self.segment_ids_T.to(device))
+        return self.cache[key]
 
 
 def _check_spans(groups: tuple[GroupSpan, ...], seq_len: int) -> None:

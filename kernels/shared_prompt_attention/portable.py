@@ -32,6 +32,7 @@ def portable_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, v
     """Same contract as `reference_shared_prompt_attention`."""
     H, T, D = q_HTD.shape
     gqa = k_HTD.shape[0] != H
+    layout = layout.to(q_HTD.device)
     # One split per input (backward: one cat) instead of overlapping slices (backward: a
     # zero-filled full-size gradient per slice).
     sizes = [n for span in layout.groups for n in (span.prompt_len, span.length - span.prompt_len)]

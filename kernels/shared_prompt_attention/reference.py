@@ -35,6 +35,7 @@ def reference_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, 
     k_HTD = k_HTD.repeat_interleave(group_size, dim=0)
     v_HTD = v_HTD.repeat_interleave(group_size, dim=0)
     scale = D ** -0.5 if scale is None else scale
+    layout = layout.to(q_HTD.device)
     allowed_TT = shared_prompt_mask(layout)
     real_T = layout.group_ids_T != PAD
     # A pad query has no allowed key; let it see itself so the softmax stays finite, then zero it.

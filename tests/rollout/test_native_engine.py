@@ -134,7 +134,7 @@ def test_stop_tokens_eos_and_max_new_tokens():
             assert len(completion.logprobs) == len(tokens)
 
 
-def test_each_prompt_is_prefilled_once_and_chunks_bound_the_batch():
+def test_each_prompt_is_prefilled_once_and_the_capacity_bounds_the_batch():
     model = tiny_model()
     log = ForwardLog(model)
     list(engine_for(model).generate(PROMPTS, SamplingParams(n=5, max_new_tokens=6)))
@@ -146,8 +146,41 @@ def test_each_prompt_is_prefilled_once_and_chunks_bound_the_batch():
     log.shapes.clear()
     list(engine_for(model, max_batch_sequences=6).generate(PROMPTS, SamplingParams(n=3, max_new_tokens=4)))
     prefills = [rows for rows, t in log.shapes if t > 1]
-    assert prefills == [2, 2]  # 6 // G = 2 prompts a chunk
+    assert prefills[0] == 2 and sum(prefills) == 4  # 6 // G = 2 prompts fit; the rest wait for free rows
     assert max(rows for rows, _ in log.shapes) <= 6
+
+
+def test_freed_rows_are_refilled_with_waiting_prompts():
+    model = ChainLM(tiny_model())
+    log = ForwardLog(model)
+    params = SamplingParams(n=2, max_new_tokens=30, stop_token_ids=(10,))
+    # Room for two groups. Prompt 1 stops after 2 tokens; prompt 2 must start before prompt 0 (30 tokens) ends.
+    engine = engine_for(model, max_batch_sequences=4)
+    groups = list(engine.generate(prompts_of([19, 20], [7, 8], [3, 4]), params))
+    assert [g.prompt.index for g in groups] == [1, 2, 0]
+    assert [c.token_ids for c in groups[1].completions] == [[5, 6, 7, 8, 9, 10]] * 2
+    assert all(len(c.token_ids) == 30 for c in groups[2].completions)
+    prefill_at = [i for i, (rows, t) in enumerate(log.shapes) if t > 1]
+    assert len(prefill_at) == 2 and prefill_at[1] < 6  # refilled right after prompt 1's group ended
+    assert max(rows for rows, _ in log.shapes) <= 4
+
+
+def test_samples_do_not_depend_on_batch_composition():
+    """Each prompt has its own random stream: capacity, prompt order and the other prompts of the call do not
+    change its samples (what lets a restarted worker regenerate only the missing prompts)."""
+    model = tiny_model()
+    params = SamplingParams(n=3, max_new_tokens=10, seed=4, stop_token_ids=STOPS)
+    full = list(engine_for(model).generate(PROMPTS, params))
+    for capacity in (3, 7):
+        narrow = list(engine_for(model, max_batch_sequences=capacity).generate(PROMPTS, params))
+        assert by_prompt(narrow) == by_prompt(full)
+        logp = {g.prompt.index: [c.logprobs for c in g.completions] for g in narrow}
+        for g in full:
+            for a, b in zip(logp[g.prompt.index], [c.logprobs for c in g.completions]):
+                assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    assert by_prompt(engine_for(model).generate(PROMPTS[::-1], params)) == by_prompt(full)
+    alone = by_prompt(engine_for(model).generate(PROMPTS[2:3], params))
+    assert alone == {2: by_prompt(full)[2]}
 
 
 def test_groups_are_yielded_as_they_finish_with_the_engine_version():

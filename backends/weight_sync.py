@@ -1,0 +1,223 @@
+"""Weight-sync transports: how the trainer's weights reach a rollout worker process (docs/pipeline.md).
+
+A transport is connected once, before the worker starts, with the names, shapes and dtypes it will carry:
+
+    sender, receiver = transport.connect(named_tensors, receiver_device)   # trainer process
+    # the receiver is pickled into the worker process when it is spawned; there: receiver.open()
+
+and every sync of policy version k is then, in this order:
+
+    trainer: sender.send(named_tensors)  -> message "load version k" ->  worker: receiver.receive()  -> ack k
+
+so a receiver reads only after the sender's writes are complete, and the sender writes again only after the
+ack. Tensors travel packed in one flat buffer per dtype (one copy or collective per dtype, one shared-memory
+file descriptor per dtype rather than one per parameter).
+
+Implementations: `SharedBufferTransport` (CPU shared memory: tested; CUDA IPC: same code, written to the
+documented torch.multiprocessing CUDA-sharing API and unverified here) and `CollectiveBroadcastTransport`
+(NCCL on CUDA, HCCL on Ascend, through torch.distributed: unverified here, no accelerator on the development
+machines). Backends choose one in `weight_sync_transport()`.
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSlot:
+    """Where one named tensor lives: a view of `numel` elements at `offset` in its dtype's flat buffer."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+
+def plan_slots(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[list[TensorSlot], dict[torch.dtype, int]]:
+    """The slots of `named_tensors` packed per dtype, and each dtype's total element count."""
+    slots, totals = [], {}
+    for name, tensor in named_tensors:
+        offset = totals.get(tensor.dtype, 0)
+        slots.append(TensorSlot(name, tensor.dtype, tuple(tensor.shape), offset))
+        totals[tensor.dtype] = offset + tensor.numel()
+    return slots, totals
+
+
+def slot_views(slots: list[TensorSlot], flat: dict[torch.dtype, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {s.name: flat[s.dtype][s.offset:s.offset + s.numel].view(s.shape) for s in slots}
+
+
+def pack_into(views: dict[str, torch.Tensor], named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy each given tensor into its view; a name or shape the transport was not connected with is an error."""
+    with torch.no_grad():
+        for name, tensor in named_tensors:
+            view = views.get(name)
+            if view is None:
+                raise KeyError(f"weight sync: {name!r} was not among the tensors the transport was connected with")
+            if view.shape != tensor.shape:
+                raise ValueError(f"weight sync: {name!r} has shape {tuple(tensor.shape)}, the transport was "
+                                 f"connected with {tuple(view.shape)}")
+            view.copy_(tensor.detach())
+
+
+# ------------------------------------------------------------------------------ shared buffers (shm, CUDA IPC)
+
+
+class SharedBufferTransport:
+    """Flat buffers allocated once on the trainer's device and shared with the worker at spawn.
+
+    CPU: the buffers are moved to shared memory and torch.multiprocessing passes their file descriptors.
+    CUDA (`name="cuda_ipc"`): torch.multiprocessing passes CUDA IPC handles of the same buffers; the trainer
+    keeps them alive for the worker's lifetime, and `synchronize` (the backend's) runs after the copies so the
+    worker, on another stream or device, reads finished writes. The CUDA path is unverified in this repository.
+    """
+
+    def __init__(self, name: str, device: torch.device, synchronize: Callable[[], None]) -> None:
+        self.name = name
+        self.device = torch.device(device)
+        self._synchronize = synchronize
+
+    def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                receiver_device: torch.device) -> tuple[SharedBufferSender, SharedBufferReceiver]:
+        slots, totals = plan_slots(named_tensors)
+        flat = {dtype: torch.zeros(n, dtype=dtype, device=self.device) for dtype, n in totals.items()}
+        if self.device.type == "cpu":
+            for buffer in flat.values():
+                buffer.share_memory_()
+        return SharedBufferSender(slots, flat, self._synchronize), SharedBufferReceiver(slots, flat)
+
+
+class SharedBufferSender:
+    def __init__(self, slots: list[TensorSlot], flat: dict[torch.dtype, torch.Tensor],
+                 synchronize: Callable[[], None]) -> None:
+        self._flat = flat  # holds the shared storage alive for the worker
+        self._views = slot_views(slots, flat)
+        self._synchronize = synchronize
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        pack_into(self._views, named_tensors)
+        self._synchronize()
+
+    def close(self) -> None:
+        self._views, self._flat = {}, {}
+
+
+class SharedBufferReceiver:
+    """Picklable: crosses into the worker with the shared storages themselves."""
+
+    def __init__(self, slots: list[TensorSlot], flat: dict[torch.dtype, torch.Tensor]) -> None:
+        self.slots = slots
+        self.flat = flat
+
+    def open(self) -> None:
+        return None
+
+    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Views of the shared buffers: read them (copy into the model) before acknowledging the version."""
+        return iter(slot_views(self.slots, self.flat).items())
+
+    def close(self) -> None:
+        self.flat = {}
+
+
+# ----------------------------------------------------------------------------- collective broadcast (NCCL, HCCL)
+
+
+class CollectiveBroadcastTransport:
+    """A two-rank torch.distributed group, trainer = rank 0, worker = rank 1; a sync is one broadcast per dtype
+    of a flat buffer. `collective_backend` is the backend's ("nccl" on CUDA, "hccl" on Ascend); trainer and
+    worker must sit on different devices (NCCL refuses two ranks on one GPU).
+
+    Unverified in this repository (no accelerator on the development machines); written to the documented
+    `torch.distributed.init_process_group` / `broadcast` API. It initialises the default process group in both
+    processes, which assumes the trainer has none of its own (true while it runs as one process).
+    """
+
+    def __init__(self, collective_backend: str, device: torch.device, host: str = "127.0.0.1") -> None:
+        self.name = f"{collective_backend}_broadcast"
+        self.collective_backend = collective_backend
+        self.device = torch.device(device)
+        self.host = host
+
+    def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                receiver_device: torch.device) -> tuple[CollectiveSender, CollectiveReceiver]:
+        slots, totals = plan_slots(named_tensors)
+        address = f"tcp://{self.host}:{_free_port(self.host)}"
+        return (CollectiveSender(self.collective_backend, address, slots, totals, self.device),
+                CollectiveReceiver(self.collective_backend, address, slots, totals, str(receiver_device)))
+
+
+class CollectiveSender:
+    def __init__(self, backend: str, address: str, slots: list[TensorSlot], totals: dict[torch.dtype, int],
+                 device: torch.device) -> None:
+        self._backend, self._address = backend, address
+        self._flat = {dtype: torch.zeros(n, dtype=dtype, device=device) for dtype, n in totals.items()}
+        self._views = slot_views(slots, self._flat)
+        self._joined = False
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        import torch.distributed as dist
+
+        if not self._joined:  # the worker joined in receiver.open(), before it read any message
+            dist.init_process_group(self._backend, init_method=self._address, world_size=2, rank=0)
+            self._joined = True
+        pack_into(self._views, named_tensors)
+        for buffer in self._flat.values():
+            dist.broadcast(buffer, src=0)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self._joined and dist.is_initialized():
+            dist.destroy_process_group()
+        self._joined = False
+
+
+class CollectiveReceiver:
+    """Picklable: carries only the rendezvous address and the layout; buffers are made in the worker."""
+
+    def __init__(self, backend: str, address: str, slots: list[TensorSlot], totals: dict[torch.dtype, int],
+                 device: str) -> None:
+        self.backend, self.address, self.slots, self.totals, self.device = backend, address, slots, totals, device
+        self._flat: dict[torch.dtype, torch.Tensor] = {}
+
+    def open(self) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(self.backend, init_method=self.address, world_size=2, rank=1)
+        self._flat = {dtype: torch.zeros(n, dtype=dtype, device=self.device) for dtype, n in self.totals.items()}
+
+    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        import torch.distributed as dist
+
+        for buffer in self._flat.values():
+            dist.broadcast(buffer, src=0)
+        return iter(slot_views(self.slots, self._flat).items())
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __getstate__(self) -> dict:
+        return {"backend": self.backend, "address": self.address, "slots": self.slots, "totals": self.totals,
+                "device": self.device}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+def _free_port(host: str) -> int:
+    """A port the OS reports free now (the rendezvous binds it a moment later: a tiny race, as in torchrun)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,101 @@
+"""The rollout worker: a spawned process with its own model copy and CPU threads, serving one request at a time.
+
+    start: set threads, load the model from the model folder, open the weight receiver, send Ready
+    loop:  LoadWeights(k) -> copy the transport's buffers into the model, ack WeightsLoaded(k)
+           Generate(k)    -> refuse unless the model holds version k; else stream GroupReady per finished
+                             group (native engine, continuous batching), then GenerateDone
+           Shutdown or the trainer gone (EOF on the pipe) -> exit
+
+SIGINT is ignored: Ctrl-C reaches every process of the terminal's group, and the trainer, not the worker,
+decides how to stop (it shuts the worker down in its `finally`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+
+from backends.base import WeightReceiver
+from engine.config import ModelConfig
+from engine.pipeline.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
+                                      Shutdown, WeightsLoaded)
+from engine.rollout.native import NativeRolloutEngine
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything the worker needs to build its engine; picklable."""
+
+    model_dir: str  # the Hugging Face folder the actor was loaded from
+    model: ModelConfig
+    attention_kernel: str | None  # the actor's shared-prompt kernel (None: the model's own attention)
+    device: str
+    threads: int
+    eos_token_id: int
+    pad_token_id: int
+    max_batch_sequences: int = 256
+
+
+def worker_main(spec: WorkerSpec, receiver: WeightReceiver, requests: Connection, replies: Connection) -> None:
+    """Entry point of the spawned rollout process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(spec.threads)
+    try:
+        engine = build_engine(spec)
+        receiver.open()
+        replies.send(Ready(os.getpid()))
+        serve(engine, receiver, requests, replies)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the trainer is gone: nobody is left to tell
+    except BaseException:
+        replies.send(Failed("startup", traceback.format_exc()))
+        raise
+    finally:
+        receiver.close()
+
+
+def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
+    from engine.models import load_causal_lm
+    from engine.trimodel import use_shared_prompt_attention
+
+    model = load_causal_lm(Path(spec.model_dir), spec.model, torch.device(spec.device))
+    if spec.attention_kernel is not None:  # the same attention code as the actor: same logits, same samples
+        use_shared_prompt_attention(model, spec.attention_kernel)
+    model.requires_grad_(False)
+    return NativeRolloutEngine(model, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
+                               device=torch.device(spec.device), max_batch_sequences=spec.max_batch_sequences)
+
+
+def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Connection, replies: Connection) -> None:
+    """Answer requests until Shutdown. An exception in one request is reported and the worker goes on."""
+    while True:
+        message = requests.recv()
+        if isinstance(message, Shutdown):
+            return
+        try:
+            if isinstance(message, LoadWeights):
+                engine.load_weights(receiver.receive(), message.version)
+                replies.send(WeightsLoaded(message.version, engine.pop_spans()))
+            elif isinstance(message, Generate):
+                _generate(engine, message, replies)
+            else:
+                raise TypeError(f"unexpected message {type(message).__name__}")
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception:
+            replies.send(Failed(type(message).__name__, traceback.format_exc()))
+
+
+def _generate(engine: NativeRolloutEngine, request: Generate, replies: Connection) -> None:
+    if request.version != engine.version:
+        replies.send(Refused(request.request_id, f"the worker holds weights version {engine.version}, "
+                                                 f"the request is for version {request.version}"))
+        return
+    for group in engine.generate(request.prompts, request.params):
+        replies.send(GroupReady(request.request_id, group))
+    replies.send(GenerateDone(request.request_id, engine.pop_spans()))
