@@ -141,17 +141,17 @@ class CollectiveBroadcastTransport:
     processes, which assumes the trainer has none of its own (true while it runs as one process).
     """
 
-    def __init__(self, collective_backend: str, device: torch.device, host: str = "127.0.0.1") -> None:
+    def __init__(self, collective_backend: str, device: str, host: str = "127.0.0.1") -> None:
         self.name = f"{collective_backend}_broadcast"
         self.collective_backend = collective_backend
-        self.device = torch.device(device)
+        self.device = device  # a string: "npu" is a device type only once torch_npu is imported
         self.host = host
 
     def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
                 receiver_device: torch.device) -> tuple[CollectiveSender, CollectiveReceiver]:
         slots, totals = plan_slots(named_tensors)
         address = f"tcp://{self.host}:{_free_port(self.host)}"
-        return (CollectiveSender(self.collective_backend, address, slots, totals, self.device),
+        return (CollectiveSender(self.collective_backend, address, slots, totals, torch.device(self.device)),
                 CollectiveReceiver(self.collective_backend, address, slots, totals, str(receiver_device)))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from backends import get_backend
-from engine.config import Config, DataConfig, EvalConfig
+from engine.config import Config, ConfigError, DataConfig, EvalConfig
 from engine.controller import Components
 from engine.data.gsm8k import load_jsonl
 from engine.data.prompts import encode_prompt, render_prompt
@@ -16,7 +16,9 @@ from engine.data.synthetic import make_split
 from engine.default_model import resolve_model_path
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
 from engine.rewards import load_reward_fn
-from engine.rollout import build_rollout_engine
+from engine.pipeline.remote import RemoteRolloutEngine
+from engine.pipeline.worker import WorkerSpec
+from engine.rollout import RolloutEngine, build_rollout_engine
 from engine.trainer import Trainer
 from engine.trimodel import TriModel, use_shared_prompt_attention
 from engine.types import PromptItem
@@ -24,7 +26,8 @@ from engine.types import PromptItem
 
 def build_components(cfg: Config, run_dir: Path) -> Components:
     backend = get_backend(cfg.backend.name)
-    backend.set_threads(cfg.backend.threads)
+    split = cfg.pipeline.placement == "split"
+    backend.set_threads(cfg.pipeline.trainer_threads if split else cfg.backend.threads)
     backend.seed_all(cfg.run.seed)
     random.seed(cfg.run.seed)
     device = backend.device()
@@ -39,13 +42,31 @@ def build_components(cfg: Config, run_dir: Path) -> Components:
                         temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
                         pad_id=tokenizer.pad_token_id)
     trainer = Trainer(trimodel, cfg.algorithm, cfg.optim, device)
-    rollout = build_rollout_engine(cfg.rollout.engine, actor, tokenizer, device)
     train_examples, heldout_examples = load_examples(cfg.data, cfg.eval, cfg.run.seed)
     stream = PromptStream(train_examples, tokenizer, prompt_format=cfg.data.prompt_format,
                           system_prompt=cfg.data.system_prompt, max_prompt_tokens=cfg.data.max_prompt_tokens,
                           seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     heldout = prompt_items(heldout_examples, tokenizer, cfg.data)
+    rollout = build_rollout(cfg, backend, folder, actor, tokenizer)  # last: a worker process starts here
     return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir)
+
+
+def build_rollout(cfg: Config, backend, folder: Path, actor: torch.nn.Module, tokenizer) -> RolloutEngine:
+    """pipeline.placement=colocated: the native engine generating with the actor module itself.
+    split: a rollout worker process with its own copy of the model from the same folder, its own threads
+    (pipeline.rollout_threads) and, on accelerators, the next device; weights move by the backend's transport."""
+    if cfg.pipeline.placement == "colocated":
+        return build_rollout_engine(cfg.rollout.engine, actor, tokenizer, backend.device())
+    if cfg.rollout.engine != "native":
+        raise ConfigError(f"pipeline.placement=split runs the native engine in its worker; rollout.engine="
+                          f"{cfg.rollout.engine} is not supported there yet")
+    eos = tokenizer.eos_token_id
+    spec = WorkerSpec(model_dir=str(folder), model=cfg.model,
+                      attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,
+                      device=str(backend.device(1)), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
+                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    return RemoteRolloutEngine(spec, backend.weight_sync_transport(), actor.named_parameters(),
+                               sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)
 
 
 def load_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int) -> tuple[list, list]:

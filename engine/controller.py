@@ -1,20 +1,23 @@
-"""The single-process controller: one readable loop drives the whole GRPO run.
+"""The controller: one readable loop drives the whole GRPO run.
 
     for iteration k:
         prompts  <- next B prompts of the stream
-        sync     :  rollout engine receives policy weights version k
-        rollout  :  G completions per prompt, all from version k
-        score    :  rewards (tri-model's reward head)
+        sync     :  rollout engine receives policy weights version k          (barrier)
+        rollout  :  G completions per prompt, all from version k, streamed group by group
+        score    :  rewards (tri-model's reward head), per arriving group
         train    :  forward/backward per micro-batch of groups, gradients accumulated
-        step     :  exactly one optimizer step -> version k+1
+        step     :  exactly one optimizer step -> version k+1                 (barrier)
 
-The schedule here is synchronous (generate all groups, then train). The periodically asynchronous schedule
-(arXiv 2511.18871) changes only `_rollout_and_train`: groups are consumed as the engine yields them.
+`pipeline.schedule` changes only `_rollout_and_train`: `sync` draws every group before training on any;
+`periodic_async` (arXiv 2511.18871, docs/pipeline.md) trains on each micro-batch as soon as its groups arrive,
+while the rollout worker (pipeline.placement=split) generates the rest. Both are on-policy: one weight sync
+and one optimizer step per iteration, and the trainer rejects a group of any other version.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +29,15 @@ from engine.checkpoint import latest_checkpoint, load_model_weights, load_traine
 from engine.checkpoint import capture_rng, restore_rng
 from engine.config import Config
 from engine.evaluate import evaluate
+from engine.pipeline.timeline import pipeline_metrics
 from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.runlog import RunLog
 from engine.trainer import Trainer
 from engine.types import PromptItem, RolloutGroup
+
+
+TIMELINE_FILE = "timeline.png"
+TIMELINE_ITERATIONS = 3  # the plot shows the latest iterations: a whole run's bars would be too thin to read
 
 
 @dataclass(slots=True)
@@ -47,9 +55,10 @@ class Components:
     run_dir: Path
 
 
-def micro_batches(groups: Sequence[RolloutGroup], max_sequences: int) -> Iterator[list[RolloutGroup]]:
+def micro_batches(groups: Iterable[RolloutGroup], max_sequences: int) -> Iterator[list[RolloutGroup]]:
     """Whole groups, at most `max_sequences` sequences per micro-batch (a larger group goes alone):
-    a group is never split, so its prompt is packed once."""
+    a group is never split, so its prompt is packed once. A batch is handed over as soon as another group of
+    the same size could not join it, so a consumer of a stream trains without waiting for the next arrival."""
     batch: list[RolloutGroup] = []
     size = 0
     for group in groups:
@@ -58,8 +67,24 @@ def micro_batches(groups: Sequence[RolloutGroup], max_sequences: int) -> Iterato
             batch, size = [], 0
         batch.append(group)
         size += group.group_size
+        if size + group.group_size > max_sequences:
+            yield batch
+            batch, size = [], 0
     if batch:
         yield batch
+
+
+def in_prompt_order(groups: Iterable[RolloutGroup], prompts: Sequence[PromptItem]) -> Iterator[RolloutGroup]:
+    """`groups` in the order of `prompts`, each as soon as every group before it has arrived (run.deterministic:
+    gradients then accumulate in one order whatever order generation finished in)."""
+    order = [p.index for p in prompts]
+    early: dict[int, RolloutGroup] = {}
+    for group in groups:
+        early[group.prompt.index] = group
+        while order and order[0] in early:
+            yield early.pop(order.pop(0))
+    if order or early:
+        raise RuntimeError(f"rollout ended without the groups of prompts {order} (or with unexpected {list(early)})")
 
 
 def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
@@ -76,9 +101,10 @@ class Controller:
         self.cfg = parts.cfg
         self.trainer = parts.trainer
         self.actor = parts.trainer.trimodel.actor
-        self.timer = M.StageTimer(synchronize=parts.backend.synchronize)
+        self.timer = M.StageTimer(synchronize=parts.backend.synchronize, lane="trainer", keep_spans=True)
         self.ckpt_root = parts.run_dir / "checkpoints"
         self.accuracy_before: float | None = None
+        self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -93,13 +119,16 @@ class Controller:
                     self._checkpoint(k + 1)
             summary = self._summary(log)
             log.write_summary(summary)
+            self._plot_timeline()
         finally:
             log.close()
+            self.parts.rollout.close()  # on every path: a rollout worker process must not outlive the run
         return summary
 
     def iteration(self, k: int) -> dict[str, float]:
         """One on-policy GRPO iteration: sync, rollout, score, train, step."""
         t0 = time.perf_counter()
+        self.parts.rollout.pop_spans()  # drop what the engine did between iterations (evaluation)
         with self.timer.stage("prompts"):
             prompts = self.parts.stream.next_batch(self.cfg.rollout.prompts_per_iteration)
         with self.timer.stage("sync_weights"):
@@ -107,23 +136,69 @@ class Controller:
         groups = self._rollout_and_train(prompts, self._sampling(k))
         with self.timer.stage("step"):
             step_metrics = self.trainer.step()
-        elapsed = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        elapsed = t1 - t0
         n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         perf = {M.TOKENS_PER_S: n_tokens / elapsed, M.SAMPLES_PER_S: sum(g.group_size for g in groups) / elapsed,
                 M.ITERATION_TIME: elapsed}
-        return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop()}
+        return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop(), **self._pipeline_metrics(t0, t1)}
 
     def _rollout_and_train(self, prompts: list[PromptItem], params: SamplingParams) -> list[RolloutGroup]:
-        """Synchronous schedule: generate every group, score them, then accumulate gradients."""
-        with self.timer.stage("rollout"):
-            groups = list(self.parts.rollout.generate(prompts, params))
-        with self.timer.stage("score"):
-            for group in groups:
-                self.trainer.trimodel.score(group)
-        with self.timer.stage("train"):
-            for batch in micro_batches(groups, self.cfg.optim.micro_batch_size):
+        """Score and train on the groups in the order the schedule hands them over.
+
+        sync: the whole rollout is drawn first (generate all, then train). periodic_async: groups are drawn
+        lazily, so each micro-batch trains while the engine generates the rest. Gradients are sums, normalised
+        at the step, so the update is the same either way (to round-off; bit for bit with run.deterministic).
+        """
+        arrivals = self._arrivals(prompts, params)
+        if self.cfg.pipeline.schedule == "sync":
+            arrivals = iter(list(arrivals))
+        if self.cfg.run.deterministic:
+            arrivals = in_prompt_order(arrivals, prompts)
+        groups: list[RolloutGroup] = []
+        for batch in micro_batches(self._scored(arrivals), self.cfg.optim.micro_batch_size):
+            with self.timer.stage("train"):
                 self.trainer.accumulate(batch)
+            groups.extend(batch)
         return groups
+
+    def _arrivals(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
+        """The engine's groups as they finish; time spent waiting for the next one is the stage `rollout`."""
+        stream = self.parts.rollout.generate(prompts, params)
+        while True:
+            with self.timer.stage("rollout"):
+                group = next(stream, None)
+            if group is None:
+                return
+            yield group
+
+    def _scored(self, groups: Iterable[RolloutGroup]) -> Iterator[RolloutGroup]:
+        for group in groups:
+            with self.timer.stage("score"):
+                self.trainer.trimodel.score(group)
+            yield group
+
+    def _pipeline_metrics(self, t0: float, t1: float) -> dict[str, float]:
+        """The iteration's pipeline/* metrics; its spans are kept for the run's timeline plot."""
+        origin = self.timer.origin  # engine spans are on perf_counter, the timer's are relative to its origin
+        rollout = [s._replace(start_s=s.start_s - origin, end_s=s.end_s - origin)
+                   for s in self.parts.rollout.pop_spans()]
+        trainer = self.timer.pop_spans()
+        self.timeline.append(trainer + rollout)
+        return pipeline_metrics(trainer, rollout, (t0 - origin, t1 - origin))
+
+    def _plot_timeline(self) -> None:
+        from engine.plots import plot_timeline
+
+        # The trainer's `rollout` stage is waiting for groups: drawn as a gap, so idle time looks idle.
+        spans = [s for spans in self.timeline for s in spans if (s.lane, s.stage) != ("trainer", "rollout")]
+        title = (f"last {len(self.timeline)} iterations: schedule={self.cfg.pipeline.schedule}, "
+                 f"placement={self.cfg.pipeline.placement}")
+        try:
+            if spans:
+                plot_timeline(spans, self.parts.run_dir / TIMELINE_FILE, title=title)
+        except ImportError:  # matplotlib is optional; a missing plot must not fail a finished run
+            pass
 
     def _sampling(self, k: int) -> SamplingParams:
         r = self.cfg.rollout

@@ -2,27 +2,34 @@
 
 `ensure_default_model(cache_dir)` builds, once, a Hugging Face model folder that `AutoModelForCausalLM` and
 `AutoTokenizer` load: a byte-level BPE trained in code on synthetic problems (`engine.data.synthetic`), a
-~1M-parameter Qwen2, and a short supervised warm start. It needs no network and no hub, and takes about a
-minute on 2 CPU cores; a later call reuses the folder when its stamp (build version, seed, sizes) matches.
+0.7M-parameter Qwen2, and a short supervised warm start. It needs no network and no hub, and takes about
+80 s on 2 idle CPU cores; a later call reuses the folder when its stamp (build version, seed, sizes) matches.
 
-Why the warm start is a mixture of two answer formats
------------------------------------------------------
+Why the warm start teaches two answer formats
+---------------------------------------------
 GRPO can only reinforce behaviours the policy already samples. The warm start therefore teaches two:
 
-    direct   (most examples):  " #### 9"                              -- answer with no working
-    working  (the rest):       " 7 + 5 = 12\\n12 - 3 = 9\\n#### 9"      -- one line per step
+    direct:   " #### 9"                              -- the answer with no working
+    working:  " 7 + 5 = 12\n12 - 3 = 9\n#### 9"      -- one line per step, then the answer
 
-A model this small cannot do 2-3 steps of arithmetic in one token's forward pass, so direct answers are
-mostly wrong, while the step-by-step lines are each one easy operation and mostly right. Greedy decoding
-takes the majority format at the first token (" ####"), so greedy accuracy starts low; sampling at
-temperature 1 picks the working format in about a quarter of samples, so most groups of G=8 contain a
-correct answer and a reward contrast. RL only has to move probability mass onto the working format it
-already knows -- an honest, small-scale illustration that RL mostly reweights what the base model can do.
+A model this small cannot do 2-3 steps of arithmetic in the forward pass of one token, so direct answers
+are mostly wrong (~20% right), while each working line is one easy operation (~75% right overall). The
+format is chosen at the first completion token (" ####" or " "), which is trained towards P(working) =
+`working_prior` (0.25). Greedy decoding therefore answers directly and starts low; sampling at temperature 1
+shows working in about a quarter of samples, so most groups of G=8 hold a correct answer and a reward
+contrast. RL only has to move probability onto the format the model already knows -- an honest,
+small-scale illustration that RL mostly reweights what the base model can do.
+
+One deviation from a plain data mixture, for compute: 80% of warm-start examples show working, because
+the skill is what needs the examples, but only some of their first tokens are supervised, so the format
+decision still sees a 25/75 mixture (see `_sft_examples`). With only 25% working examples the skill is not
+learnt within the 2-core time budget.
 
 Deviations from a real pretrained model: the vocabulary is tiny (a few hundred tokens) and covers only
-this task's text well; anything else falls back to bytes. The tokenizer uses Qwen2's pre-tokenizer so
-that `AutoTokenizer` (which, for model_type qwen2, always builds `Qwen2Tokenizer` from vocab and merges)
-reloads it to identical ids; the build checks this.
+this task's text well; anything else falls back to bytes. The tokenizer is a `Qwen2Tokenizer` (Qwen2's
+normaliser and pre-tokenizer, our own vocab and merges) because transformers 5 `AutoTokenizer` always
+rebuilds that class for model_type qwen2, whatever tokenizer_config.json names; a tokenizer with another
+pre-tokenizer would silently reload with different ids. The build checks the reload.
 """
 from __future__ import annotations
 
@@ -38,9 +45,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen2ForCausalLM)
+                          Qwen2ForCausalLM, Qwen2Tokenizer)
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from engine.data.synthetic import Problem, format_prompt, make_split
@@ -68,19 +75,19 @@ class BuildSpec:
     vocab_size: int = 512  # upper bound; BPE stops early once the task's words are whole tokens
     tokenizer_problems: int = 4000
     # model (Qwen2, grouped-query attention)
-    hidden_size: int = 192
+    hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 512
+    intermediate_size: int = 384
     max_positions: int = 256
     # supervised warm start
     sft_problems: int = 20000
     sft_steps: int = 700
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30
-    working_fraction: float = 0.7  # share of examples answered step by step; the rest answer directly
+    working_fraction: float = 0.8  # share of examples answered step by step; the rest answer directly
     working_prior: float = 0.25  # P(working) the first completion token is trained towards (see _sft_examples)
     threads: int = 2
 
@@ -142,7 +149,10 @@ def _ensure(cache_dir: Path, name: str, spec: BuildSpec, seed: int, log: Callabl
 
 
 def _install(tmp: Path, final: Path, stamp: dict) -> None:
-    """Move a finished build into place, replacing a stale folder; tolerate a concurrent identical build."""
+    """Move a finished build into place, replacing a stale folder. If a concurrent build already installed
+    an identical one, keep that and drop ours."""
+    if _read_stamp(final) == stamp:
+        return
     stale = None
     if final.exists():
         stale = final.with_name(f".{final.name}.stale-{os.getpid()}")
@@ -188,8 +198,9 @@ def _build_folder(folder: Path, spec: BuildSpec, seed: int, log: Callable[[str],
 
 
 def build_tokenizer(spec: BuildSpec, seed: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on synthetic problems, with Qwen2's normaliser and pre-tokenizer (one digit
-    per pre-token, so numbers are spelled digit by digit); eos and pad are distinct special tokens."""
+    """Train a byte-level BPE on synthetic problems and wrap it as the `Qwen2Tokenizer` that AutoTokenizer
+    rebuilds for model_type qwen2 (same NFC normaliser and pre-tokenizer, which spells numbers one digit
+    per token); eos and pad are distinct special tokens."""
     problems = make_split("train", spec.tokenizer_problems, seed=seed)
     corpus = [format_prompt(p.question) + p.solution for p in problems] + [_direct_solution(p) for p in problems]
     bpe = Tokenizer(models.BPE())
@@ -198,12 +209,13 @@ def build_tokenizer(spec: BuildSpec, seed: int) -> PreTrainedTokenizerFast:
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
-    bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-                                        model_max_length=spec.max_positions)
+    trained = json.loads(bpe.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]],
+                               eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token=None,
+                               model_max_length=spec.max_positions)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

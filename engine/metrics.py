@@ -46,6 +46,18 @@ TOKENS_PER_S = "perf/tokens_per_s"
 SAMPLES_PER_S = "perf/samples_per_s"
 PEAK_MEMORY_BYTES = "perf/peak_memory_bytes"
 
+# ---------------------------------------------------------------------------------------------- pipeline
+# Per iteration, over its wall-clock window W (docs/pipeline.md has the exact definitions). Generation busy =
+# the rollout engine computing; trainer busy = the stages prompts, score, train and step; idle = W - busy.
+GEN_BUSY_S = "pipeline/gen_busy_s"
+GEN_IDLE_S = "pipeline/gen_idle_s"
+TRAIN_BUSY_S = "pipeline/train_busy_s"
+TRAIN_IDLE_S = "pipeline/train_idle_s"
+SYNC_S = "pipeline/sync_s"  # the weight-sync barrier: publish, worker load, ack
+# |generation busy AND trainer busy| / min(|generation busy|, |trainer busy|): the share of the shorter
+# phase hidden behind the longer one; 0 for the sync schedule, 1 for a perfect pipeline.
+OVERLAP_FRAC = "pipeline/overlap_frac"
+
 # -------------------------------------------------------------------------------------------------- eval
 EVAL_ACCURACY = "eval/accuracy"  # held-out accuracy, greedy decoding
 
@@ -107,6 +119,11 @@ class StageTimer:
             self._seconds[key] = self._seconds.get(key, 0.0) + (end - start)
             if self._keep_spans:
                 self._spans.append(Span(self._lane, name, start - self._origin, end - self._origin))
+
+    @property
+    def origin(self) -> float:
+        """The clock value spans are measured from (the clock's reading when the timer was created)."""
+        return self._origin
 
     def pop(self) -> dict[str, float]:
         """Return `{time/<stage>: seconds}` accumulated since the last pop, and start over."""

@@ -73,7 +73,7 @@ class AscendBackend:
     def weight_sync_transport(self) -> CollectiveBroadcastTransport:
         """HCCL broadcast from the trainer's NPU to the rollout worker's (another NPU). Unverified: written to
         torch.distributed's documented API with torch_npu's "hccl" backend, never run on an NPU here."""
-        return CollectiveBroadcastTransport("hccl", self.device())
+        return CollectiveBroadcastTransport("hccl", f"{self.device_type}:0")
 
     def rng_state(self) -> dict:
         return {"npu": _torch_npu().get_rng_state_all()}

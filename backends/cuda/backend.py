@@ -53,7 +53,7 @@ class CudaBackend:
         CUDA IPC buffers on the trainer's GPU that the worker reads from (same node). Unverified here: no GPU
         on the development machines; both follow the documented torch.distributed / torch.multiprocessing API."""
         if method == "nccl":
-            return CollectiveBroadcastTransport("nccl", self.device())
+            return CollectiveBroadcastTransport("nccl", str(self.device()))
         if method == "ipc":
             return SharedBufferTransport("cuda_ipc", self.device(), self.synchronize)
         raise ValueError(f"unknown CUDA weight-sync method {method!r}; allowed: nccl, ipc")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from engine.bench import shared_prompt
+from engine.bench import pipeline, shared_prompt
 
-COMMANDS = {"shared-prompt": shared_prompt}
+COMMANDS = {"shared-prompt": shared_prompt, "pipeline": pipeline}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -180,6 +180,7 @@ class RemoteRolloutEngine:
         self._restart_budget = int(restart_once)
         self._request_ids = itertools.count()
         self._spans: list[Span] = []
+        self._broken: str | None = None  # set by a sync timeout: the worker's state is unknown from then on
 
     @property
     def pid(self) -> int:
@@ -219,6 +220,7 @@ class RemoteRolloutEngine:
 
     # ------------------------------------------------------------------ protocol steps
     def _sync(self, version: int) -> None:
+        self._check_usable()
         self._await_ready()
         deadline = time.perf_counter() + self.sync_timeout_s
         doing = f"loading weights version {version}"
@@ -227,6 +229,7 @@ class RemoteRolloutEngine:
         try:
             reply = self._next_reply(doing, deadline, WeightsLoaded)
         except TimeoutError:
+            self._broken = f"a sync of weights version {version} timed out"
             raise WeightSyncTimeout(f"the rollout worker (pid {self.pid}) did not acknowledge weights version "
                                     f"{version} within pipeline.sync_timeout_s={self.sync_timeout_s:g}s") from None
         if reply.version != version:
@@ -235,6 +238,7 @@ class RemoteRolloutEngine:
         self.version = version
 
     def _request(self, prompts: list[PromptItem], params: SamplingParams) -> int:
+        self._check_usable()
         self._await_ready()
         request_id = next(self._request_ids)
         self._worker.send(Generate(request_id, self.version, prompts, params), "receiving a generate request")
@@ -248,6 +252,7 @@ class RemoteRolloutEngine:
                 reply = self._next_reply(doing, None, GroupReady, GenerateDone, Refused, request_id=request_id)
             except RolloutWorkerDied as died:
                 self._restart_or_raise(died)
+                self._sync(self.version)  # the weights the dead worker held: the trainer has not stepped
                 request_id = self._request(list(waiting.values()), params)  # only what has not arrived
                 continue
             if isinstance(reply, Refused):
@@ -255,6 +260,9 @@ class RemoteRolloutEngine:
             if isinstance(reply, GenerateDone):
                 self._spans.extend(reply.spans)
                 return
+            if reply.group.version != self.version:
+                raise WeightVersionError(f"the rollout worker sent a group of version {reply.group.version} for a "
+                                         f"request at version {self.version}")
             waiting.pop(reply.group.prompt.index)
             yield reply.group
 
@@ -280,8 +288,13 @@ class RemoteRolloutEngine:
                                      f"{STARTUP_TIMEOUT_S:g}s") from None
         self._worker.ready = True
 
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise RolloutWorkerError(f"the rollout engine is unusable since {self._broken}; close it")
+
     def _restart_or_raise(self, died: RolloutWorkerDied) -> None:
-        """Replace the dead worker and resync it to the current version, or raise `died` when the budget is spent."""
+        """Spawn a new worker in place of the dead one (the caller syncs it), or raise `died` when this
+        version's restart is spent."""
         if self._restart_budget <= 0:
             raise died
         self._restart_budget -= 1
@@ -289,7 +302,6 @@ class RemoteRolloutEngine:
         self._finalizer()
         self._worker = WorkerProcess(self.spec, self._receiver)
         self._finalizer = weakref.finalize(self, WorkerProcess.stop, self._worker)
-        self._sync(self.version)
 
 
 def _describe_exit(code: int | None) -> str:

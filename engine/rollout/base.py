@@ -7,6 +7,7 @@ from typing import Protocol
 
 import torch
 
+from engine.metrics import Span
 from engine.types import PromptItem, RolloutGroup
 
 
@@ -38,4 +39,13 @@ class RolloutEngine(Protocol):
 
     def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         """Yield one RolloutGroup per prompt (in completion order), stamped with `self.version`."""
+        ...
+
+    def pop_spans(self) -> list[Span]:
+        """The engine's busy intervals since the last call (lane "rollout", stages "generate" and
+        "load_weights"), in seconds of `time.perf_counter()` on this host; for the pipeline metrics."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (a worker process, a transport). Idempotent."""
         ...

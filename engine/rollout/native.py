@@ -322,9 +322,9 @@ def _compact(rows: _Rows) -> _Rows | None:
     if keep_n.numel() == 0:
         return None
     rows.cache.batch_select_indices(keep_n)
-    rows.mask_nL = rows.mask_nL[keep_n]
-    for name in ("logits_nV", "pos_n", "seq_n", "step_n", "live_n", "tokens_n"):
-        setattr(rows, name, getattr(rows, name)[keep_n])
+    rows.logits_nV, rows.mask_nL, rows.pos_n = rows.logits_nV[keep_n], rows.mask_nL[keep_n], rows.pos_n[keep_n]
+    rows.seq_n, rows.step_n, rows.live_n = rows.seq_n[keep_n], rows.step_n[keep_n], rows.live_n[keep_n]
+    rows.tokens_n = rows.tokens_n[keep_n]
     unused = int(rows.mask_nL.any(0).long().argmax())  # leading columns that are padding in every row
     if unused > 0:
         rows.mask_nL = rows.mask_nL[:, unused:]
@@ -343,9 +343,10 @@ def _concat(old: _Rows, new: _Rows) -> _Rows:
     for old_layer, new_layer in zip(old.cache.layers, new.cache.layers):
         old_layer.keys = torch.cat([old_layer.keys, new_layer.keys])
         old_layer.values = torch.cat([old_layer.values, new_layer.values])
-    for name in ("logits_nV", "mask_nL", "pos_n", "seq_n", "step_n", "live_n", "tokens_n"):
-        setattr(old, name, torch.cat([getattr(old, name), getattr(new, name)]))
-    return old
+    return _Rows(cache=old.cache, logits_nV=torch.cat([old.logits_nV, new.logits_nV]),
+                 mask_nL=torch.cat([old.mask_nL, new.mask_nL]), pos_n=torch.cat([old.pos_n, new.pos_n]),
+                 seq_n=torch.cat([old.seq_n, new.seq_n]), step_n=torch.cat([old.step_n, new.step_n]),
+                 live_n=torch.cat([old.live_n, new.live_n]), tokens_n=torch.cat([old.tokens_n, new.tokens_n]))
 
 
 def _map_cache(cache: DynamicCache, fn) -> None:

@@ -64,3 +64,27 @@ def test_ascend_backend_with_a_faked_torch_npu(monkeypatch):
     assert backend.visible_devices_env == "ASCEND_RT_VISIBLE_DEVICES"
     assert backend.memory_stats() == {"allocated": 1, "peak_allocated": 2, "reserved": 3}
     assert calls == [("seed", 5), "sync"]
+
+
+def test_cpu_weight_sync_goes_through_shared_memory_buffers():
+    transport = get_backend("cpu").weight_sync_transport()
+    assert transport.name == "shared_memory"
+    weights = [("w", torch.randn(3, 4)), ("b", torch.randn(4)), ("steps", torch.arange(3))]
+    sender, receiver = transport.connect(weights, torch.device("cpu"))
+    assert all(buffer.is_shared() for buffer in receiver.flat.values())  # one buffer per dtype
+    assert len(receiver.flat) == 2
+    sender.send([(name, t + 1) for name, t in weights])
+    received = dict(receiver.receive())
+    for name, tensor in weights:
+        assert torch.equal(received[name], tensor + 1)
+    with pytest.raises(KeyError, match="'other'"):
+        sender.send([("other", torch.zeros(1))])
+    with pytest.raises(ValueError, match="shape"):
+        sender.send([("b", torch.zeros(5))])
+
+
+def test_accelerator_backends_name_their_weight_sync_transport():
+    """Unverified on hardware: only which transport each backend declares (constructing one touches no device)."""
+    assert CudaBackend().weight_sync_transport().name == "nccl_broadcast"
+    assert CudaBackend().weight_sync_transport("ipc").name == "cuda_ipc"
+    assert AscendBackend().weight_sync_transport().name == "hccl_broadcast"

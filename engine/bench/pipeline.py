@@ -1,0 +1,150 @@
+"""Periodic asynchrony vs the synchronous schedule on one resource split: throughput, ideal speedup, agreement.
+
+    python -m engine.bench pipeline [--json] [--iterations N] [--model PATH] [--prompts B] [--micro-batch-size M]
+
+One quickstart-like recipe (the embedded tiny-math model, synthetic problems, G=8, 48 new tokens) runs three
+ways in this process, each from the same seed and weights:
+
+    split_sync      rollout worker process (1 thread) + trainer (1 thread); generate all, then train
+    periodic_async  the same split; train on each micro-batch of groups while the worker generates the rest
+    colocated_sync  one process, rollout and training in turn, each with all threads (rollout+trainer)
+
+Figures, over iterations 2..N (the first pays for the worker's start-up and warm-up):
+    *_samples_per_s  completions per second of wall clock (sum of samples / sum of iteration times)
+    speedup          async_samples_per_s / sync_samples_per_s
+    ideal_speedup    (T_gen + T_train) / max(T_gen, T_train), T_gen = generation busy time and T_train =
+                     trainer busy time (prompts, score, train, step) of the split_sync run, per iteration:
+                     what perfect overlap would give, ignoring the sync barrier and the first/last group
+    max_param_rel_diff  max over tensors of max|async - sync| / max|sync| of the final parameters
+The micro-batch size (default 16 sequences = 2 groups) does not change the update; small micro-batches let
+training start on the first groups. Wall-clock figures on a shared host move with its load: the 1-minute
+load average before and after is reported, and per-run details (phase times, overlap) are under "runs".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from engine import metrics as M
+
+VARIANTS = {
+    "split_sync": {"pipeline.placement": "split", "pipeline.schedule": "sync"},
+    "periodic_async": {"pipeline.placement": "split", "pipeline.schedule": "periodic_async"},
+    "colocated_sync": {"pipeline.placement": "colocated"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RunFigures:
+    samples_per_s: float
+    iteration_s: float  # mean over the measured iterations
+    gen_busy_s: float
+    train_busy_s: float
+    sync_s: float
+    overlap_frac: float
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m engine.bench pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
+    parser.add_argument("--iterations", type=int, default=6, help="iterations per run; the first is not measured")
+    parser.add_argument("--model", default="embedded://tiny-math", help="model folder or embedded://tiny-math")
+    parser.add_argument("--prompts", type=int, default=16, help="B, prompts per iteration")
+    parser.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward")
+    parser.add_argument("--rollout-threads", type=int, default=1)
+    parser.add_argument("--trainer-threads", type=int, default=1)
+    parser.add_argument("--cache-dir", default=".cache/cadence")
+    args = parser.parse_args(argv)
+    if args.iterations < 2:
+        parser.error("--iterations must be >= 2 (the first iteration is not measured)")
+    return args
+
+
+def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant: str) -> list[str]:
+    threads = args.rollout_threads + args.trainer_threads
+    values = {
+        "run.name": variant, "run.output_dir": str(out_dir), "run.iterations": args.iterations, "run.seed": 0,
+        "run.progress": False, "run.checkpoint_every": 0, "backend.name": "cpu", "backend.threads": threads,
+        "model.path": str(model_dir), "data.source": "synthetic", "rollout.prompts_per_iteration": args.prompts,
+        "rollout.group_size": 8, "rollout.max_new_tokens": 48, "rollout.temperature": 1.0, "optim.lr": 5e-4,
+        "optim.warmup_iterations": 3, "optim.micro_batch_size": args.micro_batch_size, "eval.before": False,
+        "eval.after": False, "pipeline.rollout_threads": args.rollout_threads,
+        "pipeline.trainer_threads": args.trainer_threads, **VARIANTS[variant]}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def figures(run_dir: Path) -> RunFigures:
+    """Throughput and phase times over iterations 2..N of a finished run."""
+    from engine.runlog import read_metrics
+
+    lines = read_metrics(run_dir)[1:]
+    mean = lambda key: sum(line[key] for line in lines) / len(lines)
+    samples = sum(line[M.SAMPLES_PER_S] * line[M.ITERATION_TIME] for line in lines)
+    wall = sum(line[M.ITERATION_TIME] for line in lines)
+    return RunFigures(samples_per_s=samples / wall, iteration_s=mean(M.ITERATION_TIME), gen_busy_s=mean(M.GEN_BUSY_S),
+                      train_busy_s=mean(M.TRAIN_BUSY_S), sync_s=mean(M.SYNC_S), overlap_frac=mean(M.OVERLAP_FRAC))
+
+
+def final_weights(run_dir: Path, iterations: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"iter_{iterations:06d}" / "model.safetensors"))
+
+
+def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in b)
+
+
+def run_variants(args: argparse.Namespace, model_dir: Path, out_dir: Path) -> dict[str, RunFigures]:
+    from engine.config import load_config
+    from engine.train import run
+
+    results = {}
+    for variant in VARIANTS:
+        print(f"[bench pipeline] {variant} ...", file=sys.stderr)
+        run(load_config(None, overrides(args, model_dir, out_dir, variant)))
+        results[variant] = figures(out_dir / variant)
+    return results
+
+
+def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff: float, load: tuple) -> dict:
+    sync, periodic = results["split_sync"], results["periodic_async"]
+    ideal = (sync.gen_busy_s + sync.train_busy_s) / max(sync.gen_busy_s, sync.train_busy_s)
+    speedup = periodic.samples_per_s / sync.samples_per_s
+    return {"sync_samples_per_s": sync.samples_per_s, "async_samples_per_s": periodic.samples_per_s,
+            "speedup": speedup, "ideal_speedup": ideal, "speedup_over_ideal": speedup / ideal,
+            "colocated_samples_per_s": results["colocated_sync"].samples_per_s, "max_param_rel_diff": param_diff,
+            "load_avg_1min_before": load[0], "load_avg_1min_after": load[1],
+            "settings": {"iterations": args.iterations, "measured_iterations": args.iterations - 1,
+                         "prompts": args.prompts, "group_size": 8, "max_new_tokens": 48,
+                         "micro_batch_size": args.micro_batch_size, "rollout_threads": args.rollout_threads,
+                         "trainer_threads": args.trainer_threads, "model": args.model},
+            "runs": {name: asdict(figures) for name, figures in results.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from engine.default_model import resolve_model_path
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    model_dir = resolve_model_path(args.model, args.cache_dir, log=lambda line: print(line, file=sys.stderr))
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="cadence-bench-pipeline-") as tmp:
+        out_dir = Path(tmp)
+        results = run_variants(args, model_dir, out_dir)
+        param_diff = max_rel_diff(final_weights(out_dir / "periodic_async", args.iterations),
+                                  final_weights(out_dir / "split_sync", args.iterations))
+    result = report(args, results, param_diff, (load_before, os.getloadavg()[0]))
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if key not in ("settings", "runs"):
+            print(f"{key:>26}: {value:.4g}")
+    for name, figures in result["runs"].items():
+        print(f"{name:>26}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))

@@ -1,0 +1,66 @@
+"""Per-iteration overlap metrics of the pipeline from timed spans (definitions: docs/pipeline.md).
+
+Inputs are the trainer's stage spans (StageTimer, lane "trainer") and the rollout engine's busy spans (lane
+"rollout"), on one clock. Everything is clipped to the iteration's window W = [start, end]:
+
+    gen_busy    |union of rollout "generate" spans|          gen_idle    = |W| - gen_busy
+    train_busy  |union of trainer spans of TRAINER_BUSY|     train_idle  = |W| - train_busy
+    sync        |union of trainer "sync_weights" spans|
+    overlap     |gen busy AND train busy| / min(gen_busy, train_busy)   (0 when either is 0)
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine import metrics as M
+from engine.metrics import Span
+
+TRAINER_BUSY = ("prompts", "score", "train", "step")  # "rollout" (waiting for groups) and "sync_weights" are not work
+Interval = tuple[float, float]
+
+
+def union(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, disjoint intervals covering the same points."""
+    merged: list[Interval] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    """Points in both; `a` and `b` sorted and disjoint (as `union` returns them)."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if end > start:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def length(intervals: Iterable[Interval]) -> float:
+    return sum(end - start for start, end in intervals)
+
+
+def busy(spans: Iterable[Span], stages: tuple[str, ...], window: Interval) -> list[Interval]:
+    """The union of the spans of `stages`, clipped to `window`."""
+    lo, hi = window
+    return union((max(s.start_s, lo), min(s.end_s, hi)) for s in spans if s.stage in stages)
+
+
+def pipeline_metrics(trainer_spans: list[Span], rollout_spans: list[Span], window: Interval) -> dict[str, float]:
+    """The `pipeline/*` metrics of one iteration (engine/metrics.py)."""
+    gen = busy(rollout_spans, ("generate",), window)
+    train = busy(trainer_spans, TRAINER_BUSY, window)
+    total = window[1] - window[0]
+    gen_s, train_s = length(gen), length(train)
+    shorter = min(gen_s, train_s)
+    return {M.GEN_BUSY_S: gen_s, M.GEN_IDLE_S: total - gen_s, M.TRAIN_BUSY_S: train_s,
+            M.TRAIN_IDLE_S: total - train_s, M.SYNC_S: length(busy(trainer_spans, ("sync_weights",), window)),
+            M.OVERLAP_FRAC: length(intersect(gen, train)) / shorter if shorter > 0 else 0.0}

@@ -1,0 +1,118 @@
+"""The rollout worker process behind the RolloutEngine protocol: same groups as in-process, versions checked on
+both sides, a hung sync times out, a dead worker is restarted once and regenerates only what was missing."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from backends import get_backend
+from engine.config import ModelConfig
+from engine.models import load_causal_lm, load_tokenizer
+from engine.pipeline.remote import RemoteRolloutEngine, RolloutWorkerError, WeightSyncTimeout, WeightVersionError
+from engine.pipeline.worker import WorkerSpec
+from engine.rollout.base import SamplingParams
+from engine.rollout.native import NativeRolloutEngine
+from engine.trimodel import use_shared_prompt_attention
+from engine.types import PromptItem
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def actor_and_tokenizer(tiny_model_dir):
+    cfg = ModelConfig(path=str(tiny_model_dir))
+    actor = load_causal_lm(tiny_model_dir, cfg, torch.device("cpu"))
+    use_shared_prompt_attention(actor, "portable")
+    with torch.no_grad():  # weights the worker can only have through a sync, not from the folder
+        generator = torch.Generator().manual_seed(0)
+        for p in actor.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=generator))
+    return actor, load_tokenizer(tiny_model_dir, cfg)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, actor_and_tokenizer):
+    actor, tokenizer = actor_and_tokenizer
+    spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir)), "portable", "cpu", 1,
+                      tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = RemoteRolloutEngine(spec, get_backend("cpu").weight_sync_transport(), actor.named_parameters(),
+                                 sync_timeout_s=30.0)
+    yield engine
+    pid = engine.pid
+    engine.close()
+    assert not Path(f"/proc/{pid}").exists()  # stopped and reaped: no zombie left behind
+
+
+def prompts(tokenizer, n: int) -> list[PromptItem]:
+    return [PromptItem(100 + i, tokenizer.encode(f"Question: Tom has {i} apples and buys {i + 3}. How many?\n"
+                                                 "Answer:"), str(2 * i + 3)) for i in range(n)]
+
+
+def tokens(groups) -> dict[int, list[list[int]]]:
+    return {g.prompt.index: [c.token_ids for c in g.completions] for g in groups}
+
+
+def test_the_worker_generates_what_the_in_process_engine_does(engine, actor_and_tokenizer):
+    actor, tokenizer = actor_and_tokenizer
+    engine.load_weights(actor.named_parameters(), version=3)
+    params = SamplingParams(n=4, max_new_tokens=16, seed=7)
+    remote = list(engine.generate(prompts(tokenizer, 5), params))
+    assert engine.version == 3 and all(g.version == 3 for g in remote)
+    local = NativeRolloutEngine(actor, tokenizer.eos_token_id, tokenizer.pad_token_id, torch.device("cpu"))
+    expected = list(local.generate(prompts(tokenizer, 5), params))
+    assert tokens(remote) == tokens(expected)
+    logp = {g.prompt.index: [c.logprobs for c in g.completions] for g in expected}
+    for group in remote:  # another process: the same kernels, but float round-off may differ in the last bit
+        for got, want in zip([c.logprobs for c in group.completions], logp[group.prompt.index]):
+            assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5)
+    stages = {s.stage for s in engine.pop_spans()}
+    assert stages == {"load_weights", "generate"}
+
+
+def test_a_generate_for_a_version_the_worker_does_not_hold_is_refused(engine, actor_and_tokenizer):
+    actor, tokenizer = actor_and_tokenizer
+    engine.load_weights(actor.named_parameters(), version=4)
+    engine.version = 5  # the trainer side believes in a version the worker never acknowledged
+    try:
+        with pytest.raises(WeightVersionError, match="holds weights version 4, the request is for version 5"):
+            list(engine.generate(prompts(tokenizer, 1), SamplingParams(n=2, max_new_tokens=4)))
+    finally:
+        engine.version = 4
+    assert len(list(engine.generate(prompts(tokenizer, 1), SamplingParams(n=2, max_new_tokens=4)))) == 1
+
+
+def test_a_dead_worker_is_restarted_once_and_regenerates_only_the_missing_prompts(engine, actor_and_tokenizer):
+    actor, tokenizer = actor_and_tokenizer
+    params = SamplingParams(n=2, max_new_tokens=120, seed=3)  # long and varied: groups finish far apart
+    engine.load_weights(actor.named_parameters(), version=6)
+    expected = tokens(engine.generate(prompts(tokenizer, 8), params))
+    engine.restart_once = True
+    engine.load_weights(actor.named_parameters(), version=7)  # a new version grants one restart
+    stream = engine.generate(prompts(tokenizer, 8), params)
+    first = next(stream)
+    os.kill(engine.pid, signal.SIGKILL)
+    rest = list(stream)
+    assert engine.restarts == 1 and engine.version == 7
+    assert tokens([first, *rest]) == expected and all(g.version == 7 for g in rest)
+    engine.restart_once = False
+
+
+def test_a_sync_the_worker_does_not_acknowledge_in_time_raises(engine, actor_and_tokenizer):
+    actor, _ = actor_and_tokenizer
+    engine.sync_timeout_s = 1.0
+    os.kill(engine.pid, signal.SIGSTOP)  # alive but hung
+    start = time.perf_counter()
+    try:
+        with pytest.raises(WeightSyncTimeout, match=r"did not acknowledge weights version 8 within "
+                                                    r"pipeline.sync_timeout_s=1s"):
+            engine.load_weights(actor.named_parameters(), version=8)
+    finally:
+        os.kill(engine.pid, signal.SIGCONT)
+    assert time.perf_counter() - start < 5.0
+    with pytest.raises(RolloutWorkerError, match="unusable since a sync of weights version 8 timed out"):
+        engine.load_weights(actor.named_parameters(), version=9)

@@ -1,0 +1,34 @@
+"""The pipeline/* metrics from spans (engine/pipeline/timeline.py), on hand-made timelines."""
+from __future__ import annotations
+
+import pytest
+
+from engine import metrics as M
+from engine.metrics import Span
+from engine.pipeline.timeline import intersect, pipeline_metrics, union
+
+
+def test_union_and_intersection_of_intervals():
+    assert union([(3, 4), (0, 1), (0.5, 2), (2, 2.5), (5, 5)]) == [(0, 2.5), (3, 4)]
+    assert intersect([(0, 2), (3, 6)], [(1, 4), (5, 7)]) == [(1, 2), (3, 4), (5, 6)]
+    assert intersect([(0, 1)], [(1, 2)]) == []
+
+
+def test_a_sync_iteration_has_no_overlap():
+    #  trainer: sync 0-1, waits 1-5, score+train 5-8, step 8-9;  rollout: load 0.5-1, generate 1-5
+    trainer = [Span("trainer", "sync_weights", 0, 1), Span("trainer", "rollout", 1, 5),
+               Span("trainer", "score", 5, 5.5), Span("trainer", "train", 5.5, 8), Span("trainer", "step", 8, 9)]
+    rollout = [Span("rollout", "load_weights", 0.5, 1), Span("rollout", "generate", 1, 5)]
+    got = pipeline_metrics(trainer, rollout, (0, 10))
+    assert got == {M.GEN_BUSY_S: 4, M.GEN_IDLE_S: 6, M.TRAIN_BUSY_S: 4, M.TRAIN_IDLE_S: 6, M.SYNC_S: 1,
+                   M.OVERLAP_FRAC: 0.0}
+
+
+def test_overlap_is_the_hidden_share_of_the_shorter_phase():
+    # generate 1-5; the trainer works 2-3 and 4-6 (2 of its 3 busy seconds inside generation)
+    trainer = [Span("trainer", "train", 2, 3), Span("trainer", "score", 4, 4.5), Span("trainer", "train", 4.5, 6)]
+    rollout = [Span("rollout", "generate", 1, 5), Span("rollout", "generate", 9, 12)]  # the second is clipped
+    got = pipeline_metrics(trainer, rollout, (0, 10))
+    assert got[M.GEN_BUSY_S] == 5 and got[M.TRAIN_BUSY_S] == 3
+    assert got[M.OVERLAP_FRAC] == pytest.approx(2 / 3)
+    assert pipeline_metrics([], rollout, (0, 10))[M.OVERLAP_FRAC] == 0.0
