@@ -29,7 +29,7 @@ from engine.checkpoint import latest_checkpoint, load_model_weights, load_traine
 from engine.checkpoint import capture_rng, restore_rng
 from engine.config import Config
 from engine.evaluate import evaluate
-from engine.pipeline.timeline import pipeline_metrics
+from engine.pipeline.timeline import append_timeline, pipeline_metrics
 from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.runlog import RunLog
 from engine.trainer import Trainer
@@ -37,6 +37,7 @@ from engine.types import PromptItem, RolloutGroup
 
 
 TIMELINE_FILE = "timeline.png"
+TIMELINE_SPANS_FILE = "timeline.jsonl"  # every iteration's spans, one line each
 TIMELINE_ITERATIONS = 3  # the plot shows the latest iterations: a whole run's bars would be too thin to read
 
 
@@ -141,7 +142,8 @@ class Controller:
         n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
         perf = {M.TOKENS_PER_S: n_tokens / elapsed, M.SAMPLES_PER_S: sum(g.group_size for g in groups) / elapsed,
                 M.ITERATION_TIME: elapsed}
-        return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop(), **self._pipeline_metrics(t0, t1)}
+        return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop(),
+                **self._pipeline_metrics(k + 1, t0, t1)}
 
     def _rollout_and_train(self, prompts: list[PromptItem], params: SamplingParams) -> list[RolloutGroup]:
         """Score and train on the groups in the order the schedule hands them over.
@@ -178,14 +180,16 @@ class Controller:
                 self.trainer.trimodel.score(group)
             yield group
 
-    def _pipeline_metrics(self, t0: float, t1: float) -> dict[str, float]:
-        """The iteration's pipeline/* metrics; its spans are kept for the run's timeline plot."""
+    def _pipeline_metrics(self, iteration: int, t0: float, t1: float) -> dict[str, float]:
+        """The iteration's pipeline/* metrics; its spans go to timeline.jsonl and the run's timeline plot."""
         origin = self.timer.origin  # engine spans are on perf_counter, the timer's are relative to its origin
         rollout = [s._replace(start_s=s.start_s - origin, end_s=s.end_s - origin)
                    for s in self.parts.rollout.pop_spans()]
         trainer = self.timer.pop_spans()
+        window = (t0 - origin, t1 - origin)
         self.timeline.append(trainer + rollout)
-        return pipeline_metrics(trainer, rollout, (t0 - origin, t1 - origin))
+        append_timeline(self.parts.run_dir / TIMELINE_SPANS_FILE, iteration, window, trainer + rollout)
+        return pipeline_metrics(trainer, rollout, window)
 
     def _plot_timeline(self) -> None:
         from engine.plots import plot_timeline

@@ -16,9 +16,16 @@ Figures, over iterations 2..N (the first pays for the worker's start-up and warm
                      trainer busy time (prompts, score, train, step) of the split_sync run, per iteration:
                      what perfect overlap would give, ignoring the sync barrier and the first/last group
     max_param_rel_diff  max over tensors of max|async - sync| / max|sync| of the final parameters
+    schedule_bound_speedup  the split_sync run replayed through the periodic_async schedule: its groups
+                     arrive when they did, each micro-batch costs what its score + train took, so this is
+                     what periodic_async gives on two uncontended cores with this engine's arrival profile
+                     (a GRPO group is complete only when its longest sample is, so arrivals bunch up late)
 The micro-batch size (default 16 sequences = 2 groups) does not change the update; small micro-batches let
 training start on the first groups. Wall-clock figures on a shared host move with its load: the 1-minute
-load average before and after is reported, and per-run details (phase times, overlap) are under "runs".
+load average before and after is reported, and `host_parallelism` = 2 * t(one process) / t(two processes at
+once) of a fixed single-threaded matmul loop, measured just before the runs: 2.0 when two cores are free for
+the two sides of the split, 1.0 when they have to share one (then no overlap can pay). Per-run details
+(phase times, overlap) are under "runs".
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +43,7 @@ from safetensors.torch import load_file
 
 from engine import metrics as M
 
+GROUP_SIZE = 8  # G of the recipe
 VARIANTS = {
     "split_sync": {"pipeline.placement": "split", "pipeline.schedule": "sync"},
     "periodic_async": {"pipeline.placement": "split", "pipeline.schedule": "periodic_async"},
@@ -74,7 +83,7 @@ def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant:
         "run.name": variant, "run.output_dir": str(out_dir), "run.iterations": args.iterations, "run.seed": 0,
         "run.progress": False, "run.checkpoint_every": 0, "backend.name": "cpu", "backend.threads": threads,
         "model.path": str(model_dir), "data.source": "synthetic", "rollout.prompts_per_iteration": args.prompts,
-        "rollout.group_size": 8, "rollout.max_new_tokens": 48, "rollout.temperature": 1.0, "optim.lr": 5e-4,
+        "rollout.group_size": GROUP_SIZE, "rollout.max_new_tokens": 48, "rollout.temperature": 1.0, "optim.lr": 5e-4,
         "optim.warmup_iterations": 3, "optim.micro_batch_size": args.micro_batch_size, "eval.before": False,
         "eval.after": False, "pipeline.rollout_threads": args.rollout_threads,
         "pipeline.trainer_threads": args.trainer_threads, **VARIANTS[variant]}
@@ -101,6 +110,66 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in b)
 
 
+def _matmul_loop(results) -> None:
+    torch.set_num_threads(1)
+    a = torch.randn(256, 256)
+    for _ in range(20):  # warm-up
+        a @ a
+    start = time.perf_counter()
+    for _ in range(400):
+        a @ a
+    results.put(time.perf_counter() - start)
+
+
+def host_parallelism() -> float:
+    """How many cores two single-threaded processes get at once here: 2 * t(alone) / t(two at once)."""
+    import torch.multiprocessing as tmp
+
+    ctx = tmp.get_context("spawn")
+    results = ctx.Queue()
+
+    def timed(n: int) -> float:
+        procs = [ctx.Process(target=_matmul_loop, args=(results,)) for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        times = [results.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        return max(times)
+
+    return 2 * timed(1) / timed(2)
+
+
+def replayed_iteration_s(window: tuple[float, float], spans: list, group_size: int, micro_batch_size: int) -> float:
+    """One split_sync iteration's length had its groups been trained as they arrived (see the docstring).
+
+    In the sync schedule the trainer's `rollout` spans end at each group's arrival (the last one at the end
+    of the stream), `score` spans come one per group and `train` spans one per micro-batch, all in order.
+    """
+    trainer = sorted((s for s in spans if s.lane == "trainer"), key=lambda s: s.start_s)
+    arrivals = [s.end_s for s in trainer if s.stage == "rollout"][:-1]
+    scores = [s.end_s - s.start_s for s in trainer if s.stage == "score"]
+    trains = [s.end_s - s.start_s for s in trainer if s.stage == "train"]
+    step = sum(s.end_s - s.start_s for s in trainer if s.stage == "step")
+    per_batch = max(1, micro_batch_size // group_size)  # uniform groups: micro_batches() takes this many
+    end = window[0]
+    for j, train in enumerate(trains):
+        first, last = j * per_batch, min(len(arrivals), (j + 1) * per_batch)
+        end = max(end, arrivals[last - 1]) + sum(scores[first:last]) + train
+    return end + step - window[0]
+
+
+def schedule_bound(run_dir: Path, micro_batch_size: int) -> float:
+    """sum of split_sync iteration times / sum of their replays, over iterations 2..N."""
+    from engine.controller import TIMELINE_SPANS_FILE
+    from engine.pipeline.timeline import read_timeline
+
+    iterations = read_timeline(run_dir / TIMELINE_SPANS_FILE)[1:]
+    actual = sum(window[1] - window[0] for _, window, _ in iterations)
+    replayed = sum(replayed_iteration_s(window, spans, GROUP_SIZE, micro_batch_size) for _, window, spans in iterations)
+    return actual / replayed
+
+
 def run_variants(args: argparse.Namespace, model_dir: Path, out_dir: Path) -> dict[str, RunFigures]:
     from engine.config import load_config
     from engine.train import run
@@ -113,16 +182,18 @@ def run_variants(args: argparse.Namespace, model_dir: Path, out_dir: Path) -> di
     return results
 
 
-def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff: float, load: tuple) -> dict:
+def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff: float, bound: float,
+           load: tuple, parallelism: float) -> dict:
     sync, periodic = results["split_sync"], results["periodic_async"]
     ideal = (sync.gen_busy_s + sync.train_busy_s) / max(sync.gen_busy_s, sync.train_busy_s)
     speedup = periodic.samples_per_s / sync.samples_per_s
     return {"sync_samples_per_s": sync.samples_per_s, "async_samples_per_s": periodic.samples_per_s,
             "speedup": speedup, "ideal_speedup": ideal, "speedup_over_ideal": speedup / ideal,
+            "schedule_bound_speedup": bound, "schedule_bound_over_ideal": bound / ideal,
             "colocated_samples_per_s": results["colocated_sync"].samples_per_s, "max_param_rel_diff": param_diff,
-            "load_avg_1min_before": load[0], "load_avg_1min_after": load[1],
+            "load_avg_1min_before": load[0], "load_avg_1min_after": load[1], "host_parallelism": parallelism,
             "settings": {"iterations": args.iterations, "measured_iterations": args.iterations - 1,
-                         "prompts": args.prompts, "group_size": 8, "max_new_tokens": 48,
+                         "prompts": args.prompts, "group_size": GROUP_SIZE, "max_new_tokens": 48,
                          "micro_batch_size": args.micro_batch_size, "rollout_threads": args.rollout_threads,
                          "trainer_threads": args.trainer_threads, "model": args.model},
             "runs": {name: asdict(figures) for name, figures in results.items()}}
@@ -134,12 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     model_dir = resolve_model_path(args.model, args.cache_dir, log=lambda line: print(line, file=sys.stderr))
     load_before = os.getloadavg()[0]
+    parallelism = host_parallelism()
     with tempfile.TemporaryDirectory(prefix="cadence-bench-pipeline-") as tmp:
         out_dir = Path(tmp)
         results = run_variants(args, model_dir, out_dir)
         param_diff = max_rel_diff(final_weights(out_dir / "periodic_async", args.iterations),
                                   final_weights(out_dir / "split_sync", args.iterations))
-    result = report(args, results, param_diff, (load_before, os.getloadavg()[0]))
+        bound = schedule_bound(out_dir / "split_sync", args.micro_batch_size)
+    result = report(args, results, param_diff, bound, (load_before, os.getloadavg()[0]), parallelism)
     if args.json:
         print(json.dumps(result))
         return

@@ -10,7 +10,9 @@ Inputs are the trainer's stage spans (StageTimer, lane "trainer") and the rollou
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from engine import metrics as M
 from engine.metrics import Span
@@ -64,3 +66,20 @@ def pipeline_metrics(trainer_spans: list[Span], rollout_spans: list[Span], windo
     return {M.GEN_BUSY_S: gen_s, M.GEN_IDLE_S: total - gen_s, M.TRAIN_BUSY_S: train_s,
             M.TRAIN_IDLE_S: total - train_s, M.SYNC_S: length(busy(trainer_spans, ("sync_weights",), window)),
             M.OVERLAP_FRAC: length(intersect(gen, train)) / shorter if shorter > 0 else 0.0}
+
+
+def append_timeline(path: Path, iteration: int, window: Interval, spans: list[Span]) -> None:
+    """Append one iteration's spans to `timeline.jsonl` (what timeline.png is drawn from; after a resume an
+    iteration can appear twice, the later line is the one that counts)."""
+    record = {"iteration": iteration, "window": list(window), "spans": [list(span) for span in spans]}
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_timeline(path: Path) -> list[tuple[int, Interval, list[Span]]]:
+    """(iteration, window, spans) per line of a `timeline.jsonl`."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        out.append((record["iteration"], tuple(record["window"]), [Span(*span) for span in record["spans"]]))
+    return out

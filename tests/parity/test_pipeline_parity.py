@@ -146,6 +146,8 @@ def test_each_iteration_logs_the_pipeline_metrics_and_the_run_draws_its_timeline
         if mode != "periodic_async":  # generate all, then train: nothing can overlap
             assert line[M.OVERLAP_FRAC] == 0.0
     assert (outcome.run_dir / "timeline.png").stat().st_size > 0
+    lines = (outcome.run_dir / "timeline.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
 
 
 # ------------------------------------------------------------------------------------------------ faults

@@ -32,3 +32,18 @@ def test_overlap_is_the_hidden_share_of_the_shorter_phase():
     assert got[M.GEN_BUSY_S] == 5 and got[M.TRAIN_BUSY_S] == 3
     assert got[M.OVERLAP_FRAC] == pytest.approx(2 / 3)
     assert pipeline_metrics([], rollout, (0, 10))[M.OVERLAP_FRAC] == 0.0
+
+
+def test_the_bench_replays_a_sync_iteration_through_the_periodic_schedule():
+    from engine.bench.pipeline import replayed_iteration_s
+
+    # sync 0-1; groups arrive at 2, 3 and 6 (the stream ends at 6.5); scores take 0.1 s, a micro-batch's train
+    # 0.9 s, the step 0.5 s. One group a micro-batch: 2-3, 3-4, 6-7, step: 7.5 instead of 10.
+    t = [Span("trainer", "sync_weights", 0, 1), Span("trainer", "rollout", 1, 2), Span("trainer", "rollout", 2, 3),
+         Span("trainer", "rollout", 3, 6), Span("trainer", "rollout", 6, 6.5)]
+    scores = [Span("trainer", "score", 6.5 + i, 6.6 + i) for i in range(3)]
+    trains = [Span("trainer", "train", 6.6 + i, 7.5 + i) for i in range(3)]
+    step = [Span("trainer", "step", 9.5, 10)]
+    assert replayed_iteration_s((0, 10), t + scores + trains + step, group_size=4, micro_batch_size=4) == pytest.approx(7.5)
+    # Two groups a micro-batch (two train spans): the first waits for the group arriving at 3: 3-4.1, 6-7, step.
+    assert replayed_iteration_s((0, 10), t + scores + trains[:2] + step, 4, 8) == pytest.approx(7.5)
