@@ -15,7 +15,6 @@ and one optimizer step per iteration, and the trainer rejects a group of any oth
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -118,7 +117,7 @@ class Controller:
                 log.log(k + 1, self.iteration(k))
                 if self._checkpoint_due(k + 1):
                     self._checkpoint(k + 1)
-            summary = self._summary(log)
+            summary = self._summary()
             log.write_summary(summary)
             self._plot_timeline()
         finally:
@@ -251,9 +250,8 @@ class Controller:
         print(f"resumed from {path} (iteration {state['iteration']})")
         return state["iteration"]
 
-    def _summary(self, log: RunLog) -> dict:
+    def _summary(self) -> dict:
         after = self._evaluate() if self.cfg.eval.after else None
-        records = log.records() if hasattr(log, "records") else []
         summary = {"run": self.cfg.run.name, "iterations": self.cfg.run.iterations,
                    "heldout_size": len(self.parts.heldout), "accuracy_before": self.accuracy_before,
                    "accuracy_after": after, "policy_version": self.trainer.version}

@@ -18,7 +18,6 @@ import torch
 from engine.algorithms import entropy_from_logits
 from engine.packing import PackedBatch, pack_expanded, pack_groups, select_logit_positions
 from engine.rewards import RewardResult
-
 from engine.types import RolloutGroup
 from kernels.shared_prompt_attention import register_with_transformers
 
