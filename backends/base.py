@@ -78,8 +78,13 @@ class Backend(Protocol):
         """Set the host's intra-op thread count (0 keeps torch's default)."""
         ...
 
+    def rollout_device(self) -> torch.device:
+        """Where a split rollout worker generates: the device after the trainer's when there is one."""
+        ...
+
     def weight_sync_transport(self) -> WeightSyncTransport:
-        """How weights reach a rollout worker in another process (pipeline.placement=split)."""
+        """How weights reach a rollout worker in another process (pipeline.placement=split), from the trainer's
+        device to `rollout_device()`."""
         ...
 
     def rng_state(self) -> dict:

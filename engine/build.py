@@ -56,14 +56,16 @@ def build_rollout(cfg: Config, backend, folder: Path, actor: torch.nn.Module, to
     split: a rollout worker process with its own copy of the model from the same folder, its own threads
     (pipeline.rollout_threads) and, on accelerators, the next device; weights move by the backend's transport."""
     if cfg.pipeline.placement == "colocated":
-        return build_rollout_engine(cfg.rollout.engine, actor, tokenizer, backend.device())
+        return build_rollout_engine(cfg.rollout.engine, actor, tokenizer, backend.device(),
+                                    max_batch_sequences=cfg.rollout.max_batch_sequences)
     if cfg.rollout.engine != "native":
         raise ConfigError(f"pipeline.placement=split runs the native engine in its worker; rollout.engine="
                           f"{cfg.rollout.engine} is not supported there yet")
     eos = tokenizer.eos_token_id
     spec = WorkerSpec(model_dir=str(folder), model=cfg.model,
                       attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,
-                      device=str(backend.device(1)), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
+                      device=str(backend.rollout_device()), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
+                      max_batch_sequences=cfg.rollout.max_batch_sequences,
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     return RemoteRolloutEngine(spec, backend.weight_sync_transport(), actor.named_parameters(),
                                sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)

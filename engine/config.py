@@ -74,6 +74,15 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
+    # Continuous batching: at most this many sequences in flight; a finished group's slots are refilled with
+    # the iteration's next prompts. Smaller spreads group arrivals over the iteration (periodic_async trains
+    # on them as they come), larger generates with bigger batches.
+    max_batch_sequences: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch_sequences < self.group_size:
+            raise ConfigError(f"rollout.max_batch_sequences: must be >= rollout.group_size ({self.group_size}) so "
+                              f"a whole group fits, got {self.max_batch_sequences}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ def test_recipe_and_overrides_merge_into_typed_sections(tmp_path):
     ("model:\n  path: /m\nbogus:\n  a: 1\n", [], r"bogus: unknown key; allowed keys here: algorithm, backend"),
     ("model:\n  path: /m\n", ["iterations"], r"command line: 'iterations': expected key=value"),
     ("model: [1, 2\n", [], r"r\.yaml: not valid YAML"),
+    ("model:\n  path: /m\n", ["rollout.max_batch_sequences=4"], r"rollout\.max_batch_sequences: must be >= "
+     r"rollout\.group_size \(8\)"),
 ])
 def test_bad_input_fails_with_one_line_naming_source_and_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -70,6 +70,13 @@ class AscendBackend:
         if threads > 0:
             torch.set_num_threads(threads)
 
+    def rollout_device(self) -> torch.device:
+        """The second NPU: HCCL, like NCCL, needs the two ranks on different devices."""
+        if _torch_npu().device_count() < 2:
+            raise RuntimeError("pipeline.placement=split on Ascend needs two NPUs (the weight sync is an HCCL "
+                               f"broadcast between them); {self.visible_devices_env} shows fewer")
+        return self.device(1)
+
     def weight_sync_transport(self) -> CollectiveBroadcastTransport:
         """HCCL broadcast from the trainer's NPU to the rollout worker's (another NPU). Unverified: written to
         torch.distributed's documented API with torch_npu's "hccl" backend, never run on an NPU here."""

@@ -46,6 +46,9 @@ class CpuBackend:
         if threads > 0:
             torch.set_num_threads(threads)
 
+    def rollout_device(self) -> torch.device:
+        return self.device()  # the split is by cores: pipeline.rollout_threads / trainer_threads
+
     def weight_sync_transport(self) -> SharedBufferTransport:
         """Shared-memory buffers, allocated once, copied into in place at each sync."""
         return SharedBufferTransport("shared_memory", self.device(), self.synchronize)

@@ -48,15 +48,21 @@ class CudaBackend:
         if threads > 0:
             torch.set_num_threads(threads)
 
-    def weight_sync_transport(self, method: str = "nccl") -> CollectiveBroadcastTransport | SharedBufferTransport:
-        """NCCL broadcast from the trainer's GPU to the rollout worker's (another GPU), or with method="ipc"
-        CUDA IPC buffers on the trainer's GPU that the worker reads from (same node). Unverified here: no GPU
-        on the development machines; both follow the documented torch.distributed / torch.multiprocessing API."""
+    def rollout_device(self) -> torch.device:
+        """The second GPU when there is one; with a single GPU both processes share it (time-sliced)."""
+        return self.device(1 if torch.cuda.device_count() > 1 else 0)
+
+    def weight_sync_transport(self, method: str = "auto") -> CollectiveBroadcastTransport | SharedBufferTransport:
+        """"nccl": a broadcast from the trainer's GPU to the rollout worker's (NCCL needs two GPUs);
+        "ipc": CUDA IPC buffers on the trainer's GPU that the worker reads from (same node, any GPU);
+        "auto": nccl when the worker has a GPU of its own, else ipc."""
+        if method == "auto":
+            method = "nccl" if self.rollout_device() != self.device() else "ipc"
         if method == "nccl":
             return CollectiveBroadcastTransport("nccl", str(self.device()))
         if method == "ipc":
             return SharedBufferTransport("cuda_ipc", self.device(), self.synchronize)
-        raise ValueError(f"unknown CUDA weight-sync method {method!r}; allowed: nccl, ipc")
+        raise ValueError(f"unknown CUDA weight-sync method {method!r}; allowed: auto, nccl, ipc")
 
     def rng_state(self) -> dict:
         return {"cuda": torch.cuda.get_rng_state_all()}

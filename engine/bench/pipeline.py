@@ -1,9 +1,10 @@
 """Periodic asynchrony vs the synchronous schedule on one resource split: throughput, ideal speedup, agreement.
 
     python -m engine.bench pipeline [--json] [--iterations N] [--model PATH] [--prompts B] [--micro-batch-size M]
+                                    [--max-batch-sequences S] [--backend cpu|cuda|ascend]
 
-One quickstart-like recipe (the embedded tiny-math model, synthetic problems, G=8, 48 new tokens) runs three
-ways in this process, each from the same seed and weights:
+One quickstart-like recipe (the embedded tiny-math model, synthetic problems, B=32, G=8, 48 new tokens, at most
+32 sequences in flight) runs three ways in this process, each from the same seed and weights:
 
     split_sync      rollout worker process (1 thread) + trainer (1 thread); generate all, then train
     periodic_async  the same split; train on each micro-batch of groups while the worker generates the rest
@@ -21,7 +22,9 @@ Figures, over iterations 2..N (the first pays for the worker's start-up and warm
                      what periodic_async gives on two uncontended cores with this engine's arrival profile
                      (a GRPO group is complete only when its longest sample is, so arrivals bunch up late)
 The micro-batch size (default 16 sequences = 2 groups) does not change the update; small micro-batches let
-training start on the first groups. Wall-clock figures on a shared host move with its load: the 1-minute
+training start on the first groups. `--max-batch-sequences` bounds the rollout batch (continuous batching): with
+all B*G sequences in flight at once every group finishes near the end of generation, and there is little left
+to overlap; 32 (4 groups) makes groups arrive in waves through the iteration (docs/benchmarks.md has both). Wall-clock figures on a shared host move with its load: the 1-minute
 load average before and after is reported, and `host_parallelism` = 2 * t(one process) / t(two processes at
 once) of a fixed single-threaded matmul loop, measured just before the runs: 2.0 when two cores are free for
 the two sides of the split, 1.0 when they have to share one (then no overlap can pay). Per-run details
@@ -64,12 +67,15 @@ class RunFigures:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m engine.bench pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
-    parser.add_argument("--iterations", type=int, default=6, help="iterations per run; the first is not measured")
+    parser.add_argument("--iterations", type=int, default=8, help="iterations per run; the first is not measured")
     parser.add_argument("--model", default="embedded://tiny-math", help="model folder or embedded://tiny-math")
-    parser.add_argument("--prompts", type=int, default=16, help="B, prompts per iteration")
+    parser.add_argument("--prompts", type=int, default=32, help="B, prompts per iteration")
     parser.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward")
     parser.add_argument("--rollout-threads", type=int, default=1)
     parser.add_argument("--trainer-threads", type=int, default=1)
+    parser.add_argument("--max-batch-sequences", type=int, default=32,
+                        help="rollout.max_batch_sequences: sequences in flight (continuous batching)")
+    parser.add_argument("--backend", default="cpu", help="backend.name for all three runs (cpu, cuda, ascend)")
     parser.add_argument("--cache-dir", default=".cache/cadence")
     args = parser.parse_args(argv)
     if args.iterations < 2:
@@ -81,9 +87,10 @@ def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant:
     threads = args.rollout_threads + args.trainer_threads
     values = {
         "run.name": variant, "run.output_dir": str(out_dir), "run.iterations": args.iterations, "run.seed": 0,
-        "run.progress": False, "run.checkpoint_every": 0, "backend.name": "cpu", "backend.threads": threads,
+        "run.progress": False, "run.checkpoint_every": 0, "backend.name": args.backend, "backend.threads": threads,
         "model.path": str(model_dir), "data.source": "synthetic", "rollout.prompts_per_iteration": args.prompts,
-        "rollout.group_size": GROUP_SIZE, "rollout.max_new_tokens": 48, "rollout.temperature": 1.0, "optim.lr": 5e-4,
+        "rollout.group_size": GROUP_SIZE, "rollout.max_batch_sequences": args.max_batch_sequences,
+        "rollout.max_new_tokens": 48, "rollout.temperature": 1.0, "optim.lr": 5e-4,
         "optim.warmup_iterations": 3, "optim.micro_batch_size": args.micro_batch_size, "eval.before": False,
         "eval.after": False, "pipeline.rollout_threads": args.rollout_threads,
         "pipeline.trainer_threads": args.trainer_threads, **VARIANTS[variant]}
@@ -195,7 +202,8 @@ def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff:
             "settings": {"iterations": args.iterations, "measured_iterations": args.iterations - 1,
                          "prompts": args.prompts, "group_size": GROUP_SIZE, "max_new_tokens": 48,
                          "micro_batch_size": args.micro_batch_size, "rollout_threads": args.rollout_threads,
-                         "trainer_threads": args.trainer_threads, "model": args.model},
+                         "trainer_threads": args.trainer_threads, "max_batch_sequences": args.max_batch_sequences,
+                         "backend": args.backend, "model": args.model},
             "runs": {name: asdict(figures) for name, figures in results.items()}}
 
 

@@ -1,10 +1,12 @@
 """Shared-prompt vs expanded packing: throughput, activation memory and log-prob agreement.
 
     python -m engine.bench shared-prompt [--json] [--device cpu] [--threads N] [--iters N]
+                                         [--model small|medium] [--dtype float32|bfloat16] [--groups N]
 
 One training step per layout = actor forward + backward + reference-model forward, the GRPO
 trainer's per-micro-batch work, on a Qwen2 model of hidden 256, 4 layers, GQA 4/2 heads, 8k
-vocabulary, float32, one group per micro-batch. Both layouts score the same N response tokens,
+vocabulary, float32, one group per micro-batch (defaults; `--model medium`, `--dtype`, `--groups` for
+accelerators, where the small model is bound by kernel-launch latency, not by token count). Both layouts score the same N response tokens,
 so tokens/s = N / step time and measured_ratio = tokens/s(shared) / tokens/s(expanded);
 ideal_ratio = G (P + R) / (P + G R) is the ratio of token counts.
 
@@ -73,8 +75,17 @@ class BenchConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     groups_per_batch: int = 1
+    dtype: str = "float32"  # or bfloat16 (accelerators)
     iters: int = 3
     seed: int = 0
+
+
+DEFAULTS = BenchConfig()
+MODEL_SIZES = {
+    "small": {},
+    "medium": dict(vocab_size=32768, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                   num_attention_heads=16, num_key_value_heads=4),
+}
 
 
 def run(device: str = "cpu", shapes=None, json_out: bool = False, *,
@@ -132,7 +143,7 @@ def _build_model(shape: Shape, device: str, kernel: str, config: BenchConfig):
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=max(4096, shape.P + shape.R), tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(model_config).to(device=device, dtype=torch.float32)
+    model = Qwen2ForCausalLM(model_config).to(device=device, dtype=getattr(torch, config.dtype))
     model.set_attn_implementation(register_with_transformers(kernel))
     return model
 
@@ -216,7 +227,8 @@ def _attention_ms(shape: Shape, device: str, kernel: str, config: BenchConfig) -
     H, Hkv = config.num_attention_heads, config.num_key_value_heads
     D = config.hidden_size // H
     T = layout.seq_len
-    q, k, v = (torch.randn(h, T, D, device=device, requires_grad=True) for h in (H, Hkv, Hkv))
+    q, k, v = (torch.randn(h, T, D, device=device, dtype=getattr(torch, config.dtype), requires_grad=True)
+               for h in (H, Hkv, Hkv))
     out = {}
     for name in ("reference", kernel):
         fn = KERNELS[name]
@@ -256,7 +268,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, npu, ... (default cpu)")
     parser.add_argument("--kernel", default=None, choices=sorted(KERNELS),
                         help=f"shared-prompt kernel (default by device type: {DEFAULT_KERNEL})")
-    parser.add_argument("--iters", type=int, default=BenchConfig.iters, help="timed steps per layout")
+    parser.add_argument("--iters", type=int, default=DEFAULTS.iters, help="timed steps per layout")
+    parser.add_argument("--dtype", default=DEFAULTS.dtype, choices=["float32", "bfloat16"])
+    parser.add_argument("--groups", type=int, default=DEFAULTS.groups_per_batch, help="groups per micro-batch")
+    parser.add_argument("--model", default="small", choices=sorted(MODEL_SIZES),
+                        help="small: hidden 256, 4 layers, vocab 8k (CPU); medium: hidden 1024, 8 layers, 16/4 "
+                             "heads of 64, vocab 32k (accelerators: large enough not to be launch-bound)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's). On a host shared with other "
                              "jobs, 1 thread avoids the per-op stalls of waiting for a busy core")
@@ -268,7 +285,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return run(args.device, json_out=args.json, kernel=args.kernel, config=BenchConfig(iters=args.iters))
+    config = BenchConfig(**MODEL_SIZES[args.model], iters=args.iters, dtype=args.dtype, groups_per_batch=args.groups)
+    return run(args.device, json_out=args.json, kernel=args.kernel, config=config)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,41 @@ from kernels.shared_prompt_attention.layout import PAD, PROMPT, SharedPromptLayo
 _BLOCK_MASKS: OrderedDict = OrderedDict()
 _MAX_CACHED_BLOCK_MASKS = 32
 _COMPILED: dict = {}
+MIN_HEAD_DIM = 16  # smaller heads (test miniatures only) take the portable kernel
+FLEX_BLOCK = 128  # FlexAttention's default block size; rows are padded to a multiple of it
 
 
 def flex_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, v_HTD: torch.Tensor,
                                  layout: SharedPromptLayout, *,
                                  scale: float | None = None) -> torch.Tensor:
     """Same contract as `reference_shared_prompt_attention`."""
+    if q_HTD.shape[-1] < MIN_HEAD_DIM:  # FlexAttention's Triton kernels need head_dim >= 16
+        from kernels.shared_prompt_attention.portable import portable_shared_prompt_attention
+
+        return portable_shared_prompt_attention(q_HTD, k_HTD, v_HTD, layout, scale=scale)
     flex_attention = _flex_attention(compiled=q_HTD.device.type != "cpu")
-    block_mask = shared_prompt_block_mask(layout.to(q_HTD.device))
-    out_1HTD = flex_attention(q_HTD[None], k_HTD[None], v_HTD[None], block_mask=block_mask,
+    T = q_HTD.shape[1]
+    padded = padded_to_blocks(layout.to(q_HTD.device))
+    q_HSD, k_HSD, v_HSD = (torch.nn.functional.pad(x, (0, 0, 0, padded.seq_len - T)) for x in (q_HTD, k_HTD, v_HTD))
+    out_1HSD = flex_attention(q_HSD[None], k_HSD[None], v_HSD[None], block_mask=shared_prompt_block_mask(padded),
                               scale=scale, enable_gqa=k_HTD.shape[0] != q_HTD.shape[0])
-    return out_1HTD[0]
+    return out_1HSD[0, :, :T]
+
+
+def padded_to_blocks(layout: SharedPromptLayout) -> SharedPromptLayout:
+    """`layout` with pad tokens appended up to a multiple of FLEX_BLOCK (kept in the layout's cache).
+
+    With a row shorter than one block, Inductor finds no flex_attention kernel at all (NoValidChoicesError on
+    torch 2.11, H200, every head_dim and dtype tried; docs/benchmarks.md). Pad queries attend to nothing and pad
+    keys are never attended, so the extra tokens change no output and are sliced off.
+    """
+    S = -(-layout.seq_len // FLEX_BLOCK) * FLEX_BLOCK
+    if S == layout.seq_len:
+        return layout
+    key = ("flex_padded", str(layout.device))
+    if key not in layout.cache:
+        layout.cache[key] = SharedPromptLayout.from_spans(layout.groups, S, layout.device)
+    return layout.cache[key]
 
 
 def shared_prompt_block_mask(layout: SharedPromptLayout):

@@ -85,6 +85,17 @@ def test_cpu_weight_sync_goes_through_shared_memory_buffers():
 
 def test_accelerator_backends_name_their_weight_sync_transport():
     """Unverified on hardware: only which transport each backend declares (constructing one touches no device)."""
-    assert CudaBackend().weight_sync_transport().name == "nccl_broadcast"
+    assert CudaBackend().weight_sync_transport("nccl").name == "nccl_broadcast"
     assert CudaBackend().weight_sync_transport("ipc").name == "cuda_ipc"
+    with pytest.raises(ValueError, match="allowed: auto, nccl, ipc"):
+        CudaBackend().weight_sync_transport("tcp")
     assert AscendBackend().weight_sync_transport().name == "hccl_broadcast"
+
+
+def test_cuda_weight_sync_auto_picks_nccl_only_when_the_worker_has_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert CudaBackend().rollout_device() == torch.device("cuda", 0)
+    assert CudaBackend().weight_sync_transport().name == "cuda_ipc"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert CudaBackend().rollout_device() == torch.device("cuda", 1)
+    assert CudaBackend().weight_sync_transport().name == "nccl_broadcast"

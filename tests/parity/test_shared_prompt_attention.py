@@ -89,11 +89,12 @@ def test_portable_edge_layouts(spans, seq_len):
 
 
 def test_flex_mask_mod_matches_reference_forward_on_cpu():
-    """FlexAttention has no CPU backward in torch 2.13; its eager forward checks the mask_mod."""
+    """FlexAttention has no CPU backward in torch 2.13; its eager forward checks the mask_mod and the padding of
+    rows to whole 128-token blocks (head_dim 16: smaller heads take the portable kernel)."""
     rng = random.Random(7)
-    for _ in range(3):
-        layout = random_layout(rng)
-        q, k, v = (x.detach() for x in qkv(layout, 4, 2, 8))
+    short = SharedPromptLayout.from_spans((GroupSpan(0, 5, (3, 1, 2)),), 13)
+    for layout in [short] + [random_layout(rng) for _ in range(3)]:
+        q, k, v = (x.detach() for x in qkv(layout, 4, 2, 16))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             out = KERNELS["flex"](q, k, v, layout)
@@ -123,6 +124,14 @@ def test_cuda_kernels_match_reference(kernel_name, seed):
     rng = random.Random(seed)
     layout = random_layout(rng, max_groups=4, max_prompt=300, max_g=8, max_r=200, max_pad=64)
     assert_parity(kernel_name, layout, H=8, Hkv=rng.choice([8, 2]), D=64, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _has_accelerator("cuda"), reason="no CUDA device visible to torch")
+def test_flex_on_rows_shorter_than_one_block():
+    """Inductor has no flex_attention kernel for a row under 128 tokens; the kernel pads it to one block."""
+    layout = SharedPromptLayout.from_spans((GroupSpan(0, 9, (4, 7, 2)), GroupSpan(22, 3, (5,))), 40)
+    assert_parity("flex", layout, H=4, Hkv=2, D=64, device="cuda")
 
 
 # ---- Ascend: argument construction against a fake torch_npu that follows the documentation ----

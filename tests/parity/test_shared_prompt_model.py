@@ -54,7 +54,7 @@ def packed_logprobs_and_grads(model, packed: PackedBatch):
     model.zero_grad(set_to_none=True)
     logits = model(**packed.model_kwargs()).logits
     logp_N = response_token_logprobs(logits, packed)
-    (loss_weights(logp_N.numel()) * logp_N).sum().backward()
+    (loss_weights(logp_N.numel()).to(logp_N.device) * logp_N).sum().backward()
     return logp_N.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
