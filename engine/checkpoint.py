@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,9 +76,11 @@ def checkpoint_iteration(path: str | Path) -> int:
     return int(match[1])
 
 
-def save_checkpoint(ckpt_root: str | Path, iteration: int, model: Any, tokenizer: Any, state: dict) -> Path:
+def save_checkpoint(ckpt_root: str | Path, iteration: int, model: Any, tokenizer: Any, state: dict,
+                    model_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `model` (HF format), `tokenizer` (may be None) and `state` as checkpoint `iteration`; return its
-    directory. An existing checkpoint of the same iteration is replaced."""
+    directory. An existing checkpoint of the same iteration is replaced. With `model_state` (a `snapshot` of
+    the model's state dict), those values are written rather than the module's live parameters."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
@@ -89,7 +92,8 @@ def save_checkpoint(ckpt_root: str | Path, iteration: int, model: Any, tokenizer
     tmp.mkdir()
     try:
         with _no_hf_progress_bars():
-            model.save_pretrained(tmp)  # transformers 5 always writes safetensors (tied weights stored once)
+            # transformers 5 always writes safetensors (tied weights stored once)
+            model.save_pretrained(tmp, state_dict=model_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / TRAINER_STATE_FILE)
@@ -100,6 +104,60 @@ def save_checkpoint(ckpt_root: str | Path, iteration: int, model: Any, tokenizer
         raise
     _verified[final.resolve()] = _signature(final)  # its hashes were just computed from the written bytes
     return final
+
+
+def snapshot(obj: Any, _copies: dict | None = None) -> Any:
+    """`obj` with every tensor replaced by a detached CPU copy (tensors that shared storage still do, so tied
+    weights stay tied): a checkpoint of it can be written while training goes on changing the originals."""
+    copies = {} if _copies is None else _copies
+    if isinstance(obj, torch.Tensor):
+        key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), tuple(obj.stride()))
+        if key not in copies:
+            copies[key] = obj.detach().to("cpu", copy=True)
+        return copies[key]
+    if isinstance(obj, dict):
+        return {key: snapshot(value, copies) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(value, copies) for value in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so the disk write (and hashing) overlaps the next iteration.
+
+    The caller hands over a `snapshot` (nothing the run still mutates). At most one write is in flight:
+    `submit` first waits for the previous one, so checkpoints land in order, and a failed write is raised by
+    the next `submit`, by `wait` or by `close`. Until `wait` returns, the newest checkpoint may still be
+    the previous one; a crash mid-write leaves only a `.tmp-<pid>` folder, never a checkpoint.
+    """
+
+    def __init__(self, ckpt_root: str | Path, model: Any, tokenizer: Any, keep: int) -> None:
+        self.root, self.model, self.tokenizer, self.keep = Path(ckpt_root), model, tokenizer, keep
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, iteration: int, model_state: dict[str, torch.Tensor], state: dict) -> None:
+        _check_plain(state, "state")  # here, so a bad state fails at once and in the caller's thread
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(iteration, model_state, state),
+                                        name=f"cadence-checkpoint-{iteration}")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise CheckpointError(f"{self.root}: writing a checkpoint failed: {error}") from error
+
+    def _write(self, iteration: int, model_state: dict[str, torch.Tensor], state: dict) -> None:
+        try:
+            save_checkpoint(self.root, iteration, self.model, self.tokenizer, state, model_state=model_state)
+            prune_checkpoints(self.root, self.keep)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self._error = exc
 
 
 @contextmanager

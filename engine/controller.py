@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from engine import metrics as M
-from engine.checkpoint import latest_checkpoint, load_model_weights, load_trainer_state, prune_checkpoints, save_checkpoint
-from engine.checkpoint import capture_rng, restore_rng
+from engine.checkpoint import (CheckpointError, CheckpointWriter, capture_rng, latest_checkpoint, load_model_weights,
+                               load_trainer_state, restore_rng, snapshot)
 from engine.config import Config
 from engine.evaluate import evaluate
 from engine.pipeline.timeline import append_timeline, pipeline_metrics
@@ -103,6 +103,7 @@ class Controller:
         self.actor = parts.trainer.trimodel.actor
         self.timer = M.StageTimer(synchronize=parts.backend.synchronize, lane="trainer", keep_spans=True)
         self.ckpt_root = parts.run_dir / "checkpoints"
+        self.checkpoints = CheckpointWriter(self.ckpt_root, self.actor, parts.tokenizer, self.cfg.run.keep_checkpoints)
         self.accuracy_before: float | None = None
         self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
 
@@ -117,9 +118,13 @@ class Controller:
                 log.log(k + 1, self.iteration(k))
                 if self._checkpoint_due(k + 1):
                     self._checkpoint(k + 1)
-            summary = self._summary()
+            summary = self._summary()  # the final evaluation overlaps the final checkpoint's write
+            self.checkpoints.wait()
             log.write_summary(summary)
             self._plot_timeline()
+        except BaseException:
+            self._finish_checkpoint_write()
+            raise
         finally:
             log.close()
             self.parts.rollout.close()  # on every path: a rollout worker process must not outlive the run
@@ -230,12 +235,20 @@ class Controller:
         return done == self.cfg.run.iterations or (every > 0 and done % every == 0)
 
     def _checkpoint(self, done: int) -> None:
+        """Snapshot the state here; a background thread writes it while the next iteration runs."""
         with self.timer.stage("checkpoint"):
             state = {"trainer": self.trainer.state_dict(), "stream": self.parts.stream.state_dict(),
                      "rng": capture_rng(self.parts.backend), "iteration": done,
                      "accuracy_before": self.accuracy_before}
-            save_checkpoint(self.ckpt_root, done, self.actor, self.parts.tokenizer, state)
-            prune_checkpoints(self.ckpt_root, self.cfg.run.keep_checkpoints)
+            self.checkpoints.submit(done, snapshot(self.actor.state_dict()), snapshot(state))
+
+    def _finish_checkpoint_write(self) -> None:
+        """On a failing run: let the write in flight land (resume needs it); its own error must not hide the
+        run's, so it is only reported."""
+        try:
+            self.checkpoints.wait()
+        except CheckpointError as exc:
+            print(f"[cadence] {exc}")
 
     def _restore(self) -> int:
         path = latest_checkpoint(self.ckpt_root)

@@ -177,3 +177,44 @@ def test_weights_of_another_model_are_refused(tmp_path):
         C.load_model_weights(path, tiny_model(0, hidden=64))
     with pytest.raises(C.CheckpointError, match="missing from the checkpoint"):
         C.load_model_weights(path, tiny_model(0, tied=False))
+
+
+def test_snapshot_is_a_frozen_copy_that_keeps_ties():
+    model, optimizer, _ = trained(0, tied=True)
+    frozen = C.snapshot({"model": model.state_dict(), "optim": optimizer.state_dict()})
+    weights = frozen["model"]
+    assert weights["lm_head.weight"] is weights["model.embed_tokens.weight"]  # tied: still one tensor
+    before = {name: tensor.clone() for name, tensor in weights.items()}
+    moment = frozen["optim"]["state"][0]["exp_avg"].clone()
+    step(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0))  # changes the originals
+    assert all(torch.equal(weights[name], tensor) for name, tensor in before.items())
+    assert torch.equal(frozen["optim"]["state"][0]["exp_avg"], moment)
+
+
+def test_background_writer_writes_the_snapshot_while_training_goes_on(tmp_path):
+    model, optimizer, scheduler = trained(0)
+    expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    writer = C.CheckpointWriter(tmp_path, model, tiny_tokenizer(), keep=1)
+    state = C.make_trainer_state(iteration=1, policy_version=1, optimizer=optimizer, scheduler=scheduler,
+                                 data_state={"cursor": 7}, backend=CpuBackend())
+    writer.submit(1, C.snapshot(model.state_dict()), C.snapshot(state))
+    step(model, optimizer, scheduler)  # the next iteration, while the write may still run
+    writer.submit(2, C.snapshot(model.state_dict()), C.snapshot({**state, "iteration": 2}))
+    writer.wait()
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_000002"]  # written in order, then pruned to keep=1
+    fresh = tiny_model(1)
+    C.load_model_weights(C.latest_checkpoint(tmp_path), fresh)
+    assert all(torch.equal(fresh.state_dict()[name], model.state_dict()[name]) for name in expected)
+    assert not all(torch.equal(fresh.state_dict()[name], expected[name]) for name in expected)  # not iteration 1
+
+
+def test_background_write_errors_reach_the_caller(tmp_path):
+    model = tiny_model(0)
+    (tmp_path / "file").write_text("not a folder")
+    writer = C.CheckpointWriter(tmp_path / "file" / "ckpts", model, None, keep=1)
+    writer.submit(1, C.snapshot(model.state_dict()), {"iteration": 1})
+    with pytest.raises(C.CheckpointError, match="writing a checkpoint failed"):
+        writer.wait()
+    writer.wait()  # reported once
+    with pytest.raises(TypeError, match="cannot be stored"):
+        writer.submit(2, {}, {"iteration": 2, "bad": object()})
