@@ -127,7 +127,7 @@ class CheckpointWriter:
 
     The caller hands over a `snapshot` (nothing the run still mutates). At most one write is in flight:
     `submit` first waits for the previous one, so checkpoints land in order, and a failed write is raised by
-    the next `submit`, by `wait` or by `close`. Until `wait` returns, the newest checkpoint may still be
+    the next `submit` or by `wait`. Until `wait` returns, the newest checkpoint may still be
     the previous one; a crash mid-write leaves only a `.tmp-<pid>` folder, never a checkpoint.
     """
 

@@ -24,10 +24,11 @@ Figures, over iterations 2..N (the first pays for the worker's start-up and warm
 The micro-batch size (default 16 sequences = 2 groups) does not change the update; small micro-batches let
 training start on the first groups. `--max-batch-sequences` bounds the rollout batch (continuous batching): with
 all B*G sequences in flight at once every group finishes near the end of generation, and there is little left
-to overlap; 32 (4 groups) makes groups arrive in waves through the iteration (docs/benchmarks.md has both). Wall-clock figures on a shared host move with its load: the 1-minute
-load average before and after is reported, and `host_parallelism` = 2 * t(one process) / t(two processes at
-once) of a fixed single-threaded matmul loop, measured just before the runs: 2.0 when two cores are free for
-the two sides of the split, 1.0 when they have to share one (then no overlap can pay). Per-run details
+to overlap; 32 (4 groups) makes groups arrive in waves through the iteration (docs/benchmarks.md has both).
+Wall-clock figures on a shared host move with its load: the 1-minute load average before and after is
+reported, and `host_parallelism` = 2 * t(one process) / t(two processes at once) of a fixed single-threaded
+matmul loop, measured just before the runs: 2.0 when two cores are free for the two sides of the split, 1.0
+when they have to share one (then no overlap can pay). Per-run details
 (phase times, overlap) are under "runs".
 """
 from __future__ import annotations

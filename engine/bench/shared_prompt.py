@@ -6,8 +6,9 @@
 One training step per layout = actor forward + backward + reference-model forward, the GRPO
 trainer's per-micro-batch work, on a Qwen2 model of hidden 256, 4 layers, GQA 4/2 heads, 8k
 vocabulary, float32, one group per micro-batch (defaults; `--model medium`, `--dtype`, `--groups` for
-accelerators, where the small model is bound by kernel-launch latency, not by token count). Both layouts score the same N response tokens,
-so tokens/s = N / step time and measured_ratio = tokens/s(shared) / tokens/s(expanded);
+accelerators, where the small model is bound by kernel-launch latency, not by token count). Both layouts
+score the same N response tokens, so tokens/s = N / step time and
+measured_ratio = tokens/s(shared) / tokens/s(expanded);
 ideal_ratio = G (P + R) / (P + G R) is the ratio of token counts.
 
 Two LM-head variants are timed, alternating within each round:

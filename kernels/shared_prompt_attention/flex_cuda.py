@@ -31,7 +31,7 @@ def flex_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, v_HTD
                                  layout: SharedPromptLayout, *,
                                  scale: float | None = None) -> torch.Tensor:
     """Same contract as `reference_shared_prompt_attention`."""
-    if q_HTD.shape[-1] < MIN_HEAD_DIM:  # FlexAttention's Triton kernels need head_dim >= 16
+    if q_HTD.shape[-1] < MIN_HEAD_DIM:  # tl.dot in FlexAttention's Triton kernels needs K >= 16 (not tried here)
         from kernels.shared_prompt_attention.portable import portable_shared_prompt_attention
 
         return portable_shared_prompt_attention(q_HTD, k_HTD, v_HTD, layout, scale=scale)
