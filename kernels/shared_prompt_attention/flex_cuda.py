@@ -38,7 +38,9 @@ def flex_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, v_HTD
     flex_attention = _flex_attention(compiled=q_HTD.device.type != "cpu")
     T = q_HTD.shape[1]
     padded = padded_to_blocks(layout.to(q_HTD.device))
-    q_HSD, k_HSD, v_HSD = (torch.nn.functional.pad(x, (0, 0, 0, padded.seq_len - T)) for x in (q_HTD, k_HTD, v_HTD))
+    pad = padded.seq_len - T
+    q_HSD, k_HSD, v_HSD = ((torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q_HTD, k_HTD, v_HTD)) if pad
+                           else (q_HTD, k_HTD, v_HTD))  # no copy per layer when T is already whole blocks
     out_1HSD = flex_attention(q_HSD[None], k_HSD[None], v_HSD[None], block_mask=shared_prompt_block_mask(padded),
                               scale=scale, enable_gqa=k_HTD.shape[0] != q_HTD.shape[0])
     return out_1HSD[0, :, :T]
