@@ -7,12 +7,10 @@ from pathlib import Path
 import torch
 
 from backends import get_backend
-from engine.config import Config, ConfigError, DataConfig, EvalConfig
+from engine.config import Config, ConfigError
 from engine.controller import Components
-from engine.data.gsm8k import load_jsonl
-from engine.data.prompts import encode_prompt, render_prompt
 from engine.data.stream import PromptStream
-from engine.data.synthetic import make_split
+from engine.data.sources import load_examples, prompt_items
 from engine.default_model import resolve_model_path
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
 from engine.rewards import load_reward_fn
@@ -21,7 +19,6 @@ from engine.pipeline.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine
 from engine.trainer import Trainer
 from engine.trimodel import TriModel, use_shared_prompt_attention
-from engine.types import PromptItem
 
 
 def build_components(cfg: Config, run_dir: Path) -> Components:
@@ -69,22 +66,3 @@ def build_rollout(cfg: Config, backend, folder: Path, actor: torch.nn.Module, to
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     return RemoteRolloutEngine(spec, backend.weight_sync_transport(), actor.named_parameters(),
                                sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)
-
-
-def load_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int) -> tuple[list, list]:
-    """(train examples, held-out examples): synthetic splits, or GSM8K train / first N of test."""
-    if data.source == "synthetic":
-        return make_split("train", data.train_size, seed), make_split("heldout", eval_cfg.heldout_size, seed=0)
-    folder = Path(data.path)
-    train = load_jsonl(folder / data.train_file)
-    heldout = load_jsonl(folder / data.test_file)[: eval_cfg.heldout_size]
-    return train, heldout
-
-
-def prompt_items(examples: list, tokenizer, data: DataConfig) -> list[PromptItem]:
-    items = []
-    for i, ex in enumerate(examples):
-        text = render_prompt(ex.question, tokenizer, data.prompt_format, data.system_prompt)
-        ids = encode_prompt(text, tokenizer, data.prompt_format)
-        items.append(PromptItem(index=i, prompt_ids=ids, reference=ex.answer, text=text))
-    return items

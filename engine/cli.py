@@ -12,7 +12,7 @@ def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="greedy accuracy of a model folder or checkpoint on a held-out set")
     p.add_argument("--model", required=True, help="model folder, checkpoint folder, or embedded://tiny-math")
     p.add_argument("--data", choices=["synthetic", "gsm8k"], default="synthetic")
-    p.add_argument("--data-path", default="../shared/data/gsm8k", help="GSM8K folder (with test.jsonl)")
+    p.add_argument("--data-path", default=None, help="GSM8K folder (with test.jsonl); default ../shared/data/gsm8k")
     p.add_argument("--n", type=int, default=200, help="held-out problems to score")
     p.add_argument("--prompt-format", choices=["plain", "chat"], default="plain")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -24,7 +24,7 @@ def _eval_parser(sub) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from backends import get_backend
-    from engine.build import load_examples, prompt_items
+    from engine.data.sources import load_examples, prompt_items
     from engine.config import DataConfig, EvalConfig, ModelConfig, RewardConfig
     from engine.default_model import resolve_model_path
     from engine.evaluate import evaluate, write_result

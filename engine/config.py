@@ -48,21 +48,47 @@ class BackendConfig:
 class ModelConfig:
     path: str = REQUIRED  # a local Hugging Face folder, or embedded://tiny-math
     trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Compute dtype of forward/backward and of the rollout and reference copies. Master parameters and
+    # optimizer state are always float32 (engine/precision.py). auto: float32 on the CPU, bfloat16 on
+    # accelerators. float16 trains with dynamic loss scaling.
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
     gradient_checkpointing: bool = False
+
+
+GSM8K_PATH = "../shared/data/gsm8k"  # data.path of the gsm8k source when the recipe leaves it unset
+FILE_SOURCES = ("gsm8k", "jsonl", "parquet")
 
 
 @dataclass(frozen=True, slots=True)
 class DataConfig:
-    source: Literal["synthetic", "gsm8k"] = "synthetic"
-    path: str = "../shared/data/gsm8k"  # folder with train.jsonl / test.jsonl (gsm8k source)
-    train_file: str = "train.jsonl"
-    test_file: str = "test.jsonl"
+    """Where prompts come from. Keys a source does not read must stay unset (None): setting one is an error,
+    so a recipe never believes it trains on a file it ignores."""
+
+    # synthetic: generated word problems; gsm8k: GSM8K jsonl (answer after "####"); jsonl / parquet: any
+    # table with a prompt column and an answer column (data.prompt_key / data.answer_key).
+    source: Literal["synthetic", "gsm8k", "jsonl", "parquet"] = "synthetic"
+    path: str | None = None  # file sources: folder with the train/test files (gsm8k: GSM8K_PATH if unset)
+    train_file: str | None = None  # file sources: default train.jsonl (train.parquet for parquet)
+    test_file: str | None = None  # file sources: default test.jsonl (test.parquet for parquet)
+    prompt_key: str | None = None  # jsonl / parquet: the prompt column (default "question")
+    answer_key: str | None = None  # jsonl / parquet: the reference-answer column (default "answer")
     prompt_format: Literal["plain", "chat"] = "plain"
     system_prompt: str = ""  # chat format only
     max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
-    train_size: int = 20000  # synthetic source: problems in the training stream
+    train_size: int | None = None  # synthetic source: problems in the training stream (default 20000)
     shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        ignored = {"synthetic": ("path", "train_file", "test_file", "prompt_key", "answer_key"),
+                   "gsm8k": ("prompt_key", "answer_key", "train_size"),
+                   "jsonl": ("train_size",), "parquet": ("train_size",)}[self.source]
+        set_keys = [f"data.{k}" for k in ignored if getattr(self, k) is not None]
+        if set_keys:
+            raise ConfigError(f"{', '.join(set_keys)}: not read by data.source={self.source}; remove "
+                              f"{'it' if len(set_keys) == 1 else 'them'} or choose a source that reads "
+                              f"{'it' if len(set_keys) == 1 else 'them'}")
+        if self.system_prompt and self.prompt_format != "chat":
+            raise ConfigError("data.system_prompt: only read with data.prompt_format=chat")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +104,21 @@ class RolloutConfig:
     # the iteration's next prompts. Smaller spreads group arrivals over the iteration (periodic_async trains
     # on them as they come), larger generates with bigger batches.
     max_batch_sequences: int = 256
+    # Generation stops at the tokenizer's eos, every id of the model's generation_config.eos_token_id, and
+    # at the first occurrence of any of these strings (the completion is cut after the string).
+    stop: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"rollout.group_size: must be >= 2, got {self.group_size} (a group of one has "
+                              f"advantage 0 and trains nothing)")
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature: must be > 0 for training rollouts, got {self.temperature} "
+                              f"(greedy samples are identical within a group, so every advantage is 0)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rollout.top_p: must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ConfigError("rollout.stop: stop strings must be non-empty")
         if self.max_batch_sequences < self.group_size:
             raise ConfigError(f"rollout.max_batch_sequences: must be >= rollout.group_size ({self.group_size}) so "
                               f"a whole group fits, got {self.max_batch_sequences}")
@@ -98,6 +137,20 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # 0 = no reference model is loaded at all
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     loss_aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
+    # Responses cut by rollout.max_new_tokens (no stop condition met): train = like finished ones; mask = no
+    # gradient from them (DAPO's overlong filtering; they still count in the group's advantages); penalty =
+    # DAPO's soft overlong punishment added to every response's reward: 0 up to max_new_tokens -
+    # overlong_buffer tokens, then falling linearly to -overlong_penalty at max_new_tokens.
+    truncated: Literal["train", "mask", "penalty"] = "mask"
+    overlong_buffer: int = 0  # penalty only: tokens before max_new_tokens where the penalty ramps up
+    overlong_penalty: float = 1.0  # penalty only: the penalty at max_new_tokens
+
+    def __post_init__(self) -> None:
+        if self.truncated == "penalty" and self.overlong_buffer <= 0:
+            raise ConfigError("algorithm.overlong_buffer: must be > 0 with algorithm.truncated=penalty")
+        if self.truncated != "penalty" and self.overlong_buffer != 0:
+            raise ConfigError(f"algorithm.overlong_buffer: only read with algorithm.truncated=penalty "
+                              f"(got truncated={self.truncated})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +168,9 @@ class OptimConfig:
 @dataclass(frozen=True, slots=True)
 class TrainerConfig:
     layout: Literal["shared", "expanded"] = "shared"  # shared-prompt packing or one prompt copy per response
+    # RL convention: dropout off in the actor's training forwards, so the trained distribution is the sampled
+    # one (the reference and the rollout side never use dropout). true keeps the model's own dropout.
+    dropout: bool = False
 
 
 @dataclass(frozen=True, slots=True)
