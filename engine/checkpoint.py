@@ -106,19 +106,21 @@ def save_checkpoint(ckpt_root: str | Path, iteration: int, model: Any, tokenizer
     return final
 
 
-def snapshot(obj: Any, _copies: dict | None = None) -> Any:
+def snapshot(obj: Any, _copies: dict | None = None, dtype: torch.dtype | None = None) -> Any:
     """`obj` with every tensor replaced by a detached CPU copy (tensors that shared storage still do, so tied
-    weights stay tied): a checkpoint of it can be written while training goes on changing the originals."""
+    weights stay tied): a checkpoint of it can be written while training goes on changing the originals.
+    `dtype` casts floating-point tensors (the Hugging Face export is in the model's compute dtype)."""
     copies = {} if _copies is None else _copies
     if isinstance(obj, torch.Tensor):
         key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), tuple(obj.stride()))
         if key not in copies:
-            copies[key] = obj.detach().to("cpu", copy=True)
+            cast = dtype if dtype is not None and obj.is_floating_point() else obj.dtype
+            copies[key] = obj.detach().to("cpu", cast, copy=True)
         return copies[key]
     if isinstance(obj, dict):
-        return {key: snapshot(value, copies) for key, value in obj.items()}
+        return {key: snapshot(value, copies, dtype) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(value, copies) for value in obj)
+        return type(obj)(snapshot(value, copies, dtype) for value in obj)
     return obj
 
 

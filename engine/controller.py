@@ -137,7 +137,7 @@ class Controller:
         with self.timer.stage("prompts"):
             prompts = self.parts.stream.next_batch(self.cfg.rollout.prompts_per_iteration)
         with self.timer.stage("sync_weights"):
-            self.parts.rollout.load_weights(self.actor.named_parameters(), self.trainer.version)
+            self.parts.rollout.load_weights(self.trainer.rollout_weights(), self.trainer.version)
         groups = self._rollout_and_train(prompts, self._sampling(k))
         with self.timer.stage("step"):
             step_metrics = self.trainer.step()
@@ -223,7 +223,7 @@ class Controller:
     def _evaluate(self) -> float:
         """Greedy held-out accuracy of the current policy (the rollout engine is synced to it first)."""
         trimodel = self.trainer.trimodel
-        self.parts.rollout.load_weights(self.actor.named_parameters(), self.trainer.version)
+        self.parts.rollout.load_weights(self.trainer.rollout_weights(), self.trainer.version)
         result = evaluate(self.parts.rollout, self.parts.heldout, trimodel.decode, trimodel.reward_fn,
                           max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=self.cfg.eval.batch_size,
                           stop_token_ids=self._stop_ids())
@@ -240,7 +240,8 @@ class Controller:
             state = {"trainer": self.trainer.state_dict(), "stream": self.parts.stream.state_dict(),
                      "rng": capture_rng(self.parts.backend), "iteration": done,
                      "accuracy_before": self.accuracy_before}
-            self.checkpoints.submit(done, snapshot(self.actor.state_dict()), snapshot(state))
+            export = snapshot(self.actor.state_dict(), dtype=self.trainer.precision.compute)  # HF folder: model dtype
+            self.checkpoints.submit(done, export, snapshot(state))
 
     def _finish_checkpoint_write(self) -> None:
         """On a failing run: let the write in flight land (resume needs it); its own error must not hide the

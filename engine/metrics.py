@@ -40,6 +40,7 @@ TRUNCATED_FRAC = "rollout/truncated_frac"  # responses stopped by max_new_tokens
 # ------------------------------------------------------------------------------------------------- optim
 GRAD_NORM = "optim/grad_norm"  # global norm before clipping
 LR = "optim/lr"
+LOSS_SCALE = "optim/loss_scale"  # float16 only: the dynamic loss scale after the step
 
 # -------------------------------------------------------------------------------------------------- perf
 TOKENS_PER_S = "perf/tokens_per_s"

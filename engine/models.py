@@ -1,15 +1,21 @@
-"""Causal LMs and tokenizers from local Hugging Face folders (never a hub): actor and frozen reference."""
+"""Causal LMs and tokenizers from local Hugging Face folders (never a hub): actor, reference, rollout copy.
+
+The actor is loaded in the master dtype (float32; engine/precision.py) whatever dtype the folder stores;
+the reference and a colocated rollout copy are frozen copies in the compute dtype.
+"""
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from engine.config import ModelConfig
+from engine.config import ConfigError, ModelConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Config attributes that hold dropout probabilities across transformers' model families.
+_DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
 
 
 def load_tokenizer(folder: Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -20,17 +26,45 @@ def load_tokenizer(folder: Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(folder: Path, cfg: ModelConfig, device: torch.device) -> PreTrainedModel:
+def load_causal_lm(folder: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype = torch.float32,
+                   dropout: bool = False) -> PreTrainedModel:
+    """The model of `folder` with parameters in `dtype`. dropout=False zeroes every dropout probability of
+    its config, so train-mode forwards (needed by gradient checkpointing) compute the sampled distribution."""
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
+    if not dropout:
+        _zero_dropout(config)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, local_files_only=True,
+        folder, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code, local_files_only=True,
         attn_implementation="sdpa")
+    check_head_supported(model, folder)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device)
 
 
-def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A frozen reference policy: same weights as the actor at start, never trained, always in eval mode."""
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
+def _zero_dropout(config) -> None:
+    configs = [config] + [getattr(config, name) for name in ("text_config", "decoder") if hasattr(config, name)]
+    for cfg in configs:
+        for key, value in list(vars(cfg).items()):
+            if key.endswith(_DROPOUT_SUFFIXES) and isinstance(value, float):
+                setattr(cfg, key, 0.0)
+
+
+def check_head_supported(model: PreTrainedModel, folder: Path) -> None:
+    """The trainer reads logits through the model's own forward (`logits_to_keep` selects the positions), so
+    final-logit transforms (Gemma soft-capping, Cohere logit_scale, Granite logits_scaling) are the model's.
+    A model whose forward cannot select positions would need a head of our own: refuse it instead of training
+    a different distribution than the one sampled."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(f"model.path: {folder}: {type(model).__name__}.forward takes no `logits_to_keep`, so "
+                          f"Cadence cannot compute its logits the model's own way; this model family is unsupported")
+
+
+def frozen_copy(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A frozen copy (eval mode, no grad), optionally cast to `dtype`: the reference policy, or the colocated
+    rollout engine's compute-dtype weights under mixed precision."""
+    copied = copy.deepcopy(model).eval()
+    copied.requires_grad_(False)
+    if dtype is not None:
+        copied.to(dtype)
+    return copied

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.algorithms import entropy_from_logits
-from engine.packing import PackedBatch, pack_expanded, pack_groups, select_logit_positions
+from engine.algorithms.overlong import overlong_penalty
+from engine.packing import PackedBatch, pack_expanded, pack_groups
+from engine.precision import Precision, cast_forward
 from engine.rewards import RewardResult
 from engine.types import RolloutGroup
 from kernels.shared_prompt_attention import register_with_transformers
@@ -33,12 +35,13 @@ class TokenLogprobs:
     entropy_N: torch.Tensor  # actor's, detached
     rollout_logp_N: torch.Tensor  # what the rollout engine reported, for the on-policy check
     seq_N: torch.Tensor  # long: index of the sequence (group-major: b * G + k) each token belongs to
+    finished_N: torch.Tensor  # bool: the token's sequence ended on a stop condition (not on max_new_tokens)
 
 
 class TriModel:
     def __init__(self, actor: torch.nn.Module, reference: torch.nn.Module | None, reward_fn: RewardFn,
                  decode: Callable[[list[int]], str], temperature: float, layout: str, pad_id: int,
-):
+                 precision: Precision, overlong: "OverlongPenalty | None" = None):
         self.actor = actor
         self.reference = reference
         self.reward_fn = reward_fn
@@ -47,30 +50,38 @@ class TriModel:
         self.temperature = temperature if temperature > 0 else 1.0
         self.layout = layout
         self.pad_id = pad_id
+        self.precision = precision
+        self.overlong = overlong
 
     def score(self, group: RolloutGroup) -> None:
         """Decode the group's completions and fill its rewards and answer-extracted flags."""
         group.texts = [self.decode(c.token_ids) for c in group.completions]
         results = [self.reward_fn(text, group.prompt.reference) for text in group.texts]
-        group.rewards_G = torch.tensor([r.score for r in results], dtype=torch.float32)
+        group.scores_G = torch.tensor([r.score for r in results], dtype=torch.float32)
+        group.rewards_G = group.scores_G
+        if self.overlong is not None:
+            lengths_G = torch.tensor([len(c.token_ids) for c in group.completions])
+            group.rewards_G = group.scores_G + overlong_penalty(lengths_G, *self.overlong)
         group.extracted = [r.extracted for r in results]
 
     def forward(self, groups: Sequence[RolloutGroup], device: torch.device) -> TokenLogprobs:
         """Actor and reference log-probs of every response token of `groups`, packed in one layout."""
         packed = self._pack(groups).to(device)
-        logits_UV = head_logits(self.actor, packed).float() / self.temperature
+        loss_dtype = self.precision.loss_dtype
+        logits_UV = head_logits(self.actor, packed, self.precision).to(loss_dtype) / self.temperature
         logp_N = torch.log_softmax(logits_UV, dim=-1)[packed.target_rows, packed.target_ids]
         entropy_N = entropy_from_logits(logits_UV.detach())[packed.target_rows]
         ref_logp_N = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logits_UV = head_logits(self.reference, packed).float() / self.temperature
+                ref_logits_UV = head_logits(self.reference, packed, self.precision).to(loss_dtype) / self.temperature
                 ref_logp_N = torch.log_softmax(ref_logits_UV, dim=-1)[packed.target_rows, packed.target_ids]
         lengths = torch.tensor([r for lens in packed.response_lens for r in lens], device=device)
         seq_N = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        finished = torch.tensor([c.finished for g in groups for c in g.completions], device=device)
         rollout_logp_N = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],
-                                      dtype=torch.float32, device=device)
-        return TokenLogprobs(logp_N, ref_logp_N, entropy_N, rollout_logp_N, seq_N)
+                                      dtype=loss_dtype, device=device)
+        return TokenLogprobs(logp_N, ref_logp_N, entropy_N, rollout_logp_N, seq_N, finished[seq_N])
 
     def _pack(self, groups: Sequence[RolloutGroup]) -> PackedBatch:
         items = [(g.prompt.prompt_ids, [c.token_ids for c in g.completions]) for g in groups]
@@ -79,10 +90,23 @@ class TriModel:
         return pack_expanded(items, pad_id=self.pad_id)
 
 
-def head_logits(model: torch.nn.Module, packed: PackedBatch) -> torch.Tensor:
-    """logits_UV at the U positions that predict response tokens: the LM head runs only there."""
-    hidden = model.get_decoder()(**packed.model_kwargs()).last_hidden_state
-    return model.get_output_embeddings()(select_logit_positions(hidden, packed))
+OverlongPenalty = tuple[int, int, float]  # (max_new_tokens, overlong_buffer, overlong_penalty)
+
+
+def head_logits(model: torch.nn.Module, packed: PackedBatch, precision: Precision) -> torch.Tensor:
+    """logits_UV at the U positions that predict response tokens, computed by the model's own forward
+    (`logits_to_keep` makes its LM head and any final-logit transform run only at those positions).
+
+    Shared layout: one row, so the flat positions are the row's positions. Expanded layout: the positions of
+    any row (columns C), then the [rows, C] grid is indexed at each flat position.
+    """
+    rows, T = packed.input_ids.shape
+    if rows == 1:
+        out = cast_forward(model, precision, **packed.model_kwargs(), logits_to_keep=packed.logit_positions)
+        return out.logits[0]
+    cols_C, col_U = torch.unique(packed.logit_positions % T, return_inverse=True)
+    out = cast_forward(model, precision, **packed.model_kwargs(), logits_to_keep=cols_C)
+    return out.logits[packed.logit_positions // T, col_U]
 
 
 def use_shared_prompt_attention(model: torch.nn.Module, kernel: str) -> None:

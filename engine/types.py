@@ -41,7 +41,8 @@ class RolloutGroup:
     completions: list[Completion]
     version: int
     texts: list[str] = field(default_factory=list)  # decoded completions, filled by the scorer
-    rewards_G: torch.Tensor | None = None  # float32 (G,)
+    rewards_G: torch.Tensor | None = None  # float32 (G,): what advantages are computed from
+    scores_G: torch.Tensor | None = None  # float32 (G,): the reward function's scores, before length shaping
     extracted: list[bool] = field(default_factory=list)  # did the reward find an answer, per sample
 
     @property

@@ -4,27 +4,28 @@ from __future__ import annotations
 import torch
 
 from engine.config import AlgorithmConfig, ModelConfig, OptimConfig
-from engine.models import load_causal_lm, load_tokenizer
+from engine.models import frozen_copy, load_causal_lm, load_tokenizer
+from engine.precision import Precision, resolve_precision
 from engine.rewards import load_reward_fn
 from engine.trainer import Trainer
 from engine.trimodel import TriModel, use_shared_prompt_attention
 from engine.types import Completion, PromptItem, RolloutGroup
 
 
-def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0) -> Trainer:
+def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0, dtype="float32",
+                 precision: Precision | None = None) -> Trainer:
+    """A Trainer on the model of `model_dir`; `dtype` is model.dtype (float32 masters under bf16/fp16), or
+    `precision` sets both dtypes directly (the precision benchmark's pure-bf16 contrast)."""
+    precision = precision or resolve_precision(dtype, "cpu")
     tokenizer = load_tokenizer(model_dir, ModelConfig(path=str(model_dir)))
-    actor = load_causal_lm(model_dir, ModelConfig(path=str(model_dir)), torch.device("cpu"))
+    actor = load_causal_lm(model_dir, ModelConfig(path=str(model_dir)), torch.device("cpu"), dtype=precision.master)
     if layout == "shared":
         use_shared_prompt_attention(actor, "portable")
     algo = algo or AlgorithmConfig(kl_coef=kl_coef)
-    reference = None
-    if algo.kl_coef > 0:
-        from engine.models import frozen_copy
-
-        reference = frozen_copy(actor)
+    reference = frozen_copy(actor, precision.compute) if algo.kl_coef > 0 else None
     trimodel = TriModel(actor, reference, load_reward_fn("engine.rewards.gsm8k:gsm8k_reward"),
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                        temperature=1.0, layout=layout, pad_id=tokenizer.pad_token_id)
+                        temperature=1.0, layout=layout, pad_id=tokenizer.pad_token_id, precision=precision)
     return Trainer(trimodel, algo, optim or OptimConfig(lr=1e-3), torch.device("cpu"))
 
 

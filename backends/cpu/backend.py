@@ -26,7 +26,7 @@ class CpuBackend:
         return torch.device("cpu")
 
     def supports_dtype(self, dtype: torch.dtype) -> bool:
-        return dtype in (torch.float32, torch.bfloat16, torch.float16)
+        return dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
     def seed_all(self, seed: int) -> None:
         torch.manual_seed(seed)

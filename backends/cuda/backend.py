@@ -28,7 +28,7 @@ class CudaBackend:
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         if dtype == torch.bfloat16:
             return torch.cuda.is_bf16_supported()
-        return dtype in (torch.float32, torch.float16)
+        return dtype in (torch.float32, torch.float16, torch.float64)
 
     def seed_all(self, seed: int) -> None:
         torch.manual_seed(seed)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from engine.bench import pipeline, shared_prompt
+from engine.bench import pipeline, precision, shared_prompt
 
-COMMANDS = {"shared-prompt": shared_prompt, "pipeline": pipeline}
+COMMANDS = {"shared-prompt": shared_prompt, "pipeline": pipeline, "precision": precision}
 
 
 def main(argv: list[str] | None = None) -> None:

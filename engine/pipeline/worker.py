@@ -63,7 +63,10 @@ def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
     from engine.models import load_causal_lm
     from engine.trimodel import use_shared_prompt_attention
 
-    model = load_causal_lm(Path(spec.model_dir), spec.model, torch.device(spec.device))
+    from engine.precision import DTYPES
+
+    # spec.model.dtype is the run's compute dtype: the rollout side holds compute-dtype weights only
+    model = load_causal_lm(Path(spec.model_dir), spec.model, torch.device(spec.device), dtype=DTYPES[spec.model.dtype])
     if spec.attention_kernel is not None:  # the same attention code as the actor: same logits, same samples
         use_shared_prompt_attention(model, spec.attention_kernel)
     model.requires_grad_(False)
