@@ -26,6 +26,7 @@ setup(
         "vllm": ["vllm>=0.10"],
         "ascend": ["torch-npu", "vllm-ascend"],
         "tensorboard": ["tensorboard"],
+        "data": ["pyarrow>=14"],  # data.source=parquet (read lazily; jsonl needs nothing)
     },
     entry_points={"console_scripts": ["cadence = engine.cli:main"]},
 )

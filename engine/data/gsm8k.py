@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from engine.config import DataConfig
+from engine.config import GSM8K_PATH, DataConfig
 
 MARKER = "####"
 
@@ -23,9 +23,10 @@ class Example:
 
 
 def load_split(cfg: DataConfig, split: Literal["train", "test"]) -> list[Example]:
-    """The examples of `cfg.path / cfg.train_file` or `cfg.path / cfg.test_file`."""
+    """The examples of `cfg.path / cfg.train_file` or `cfg.path / cfg.test_file` (unset: train.jsonl,
+    test.jsonl; an unset cfg.path is GSM8K_PATH)."""
     name = cfg.train_file if split == "train" else cfg.test_file
-    return load_jsonl(Path(cfg.path) / name)
+    return load_jsonl(Path(cfg.path if cfg.path is not None else GSM8K_PATH) / (name or f"{split}.jsonl"))
 
 
 def load_jsonl(path: str | Path) -> list[Example]:

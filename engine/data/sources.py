@@ -3,24 +3,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import GSM8K_PATH, DataConfig, EvalConfig
-from engine.data.gsm8k import load_jsonl
+from engine.config import DataConfig, EvalConfig
+from engine.data.gsm8k import load_split
 from engine.data.prompts import encode_prompt, render_prompt
 from engine.data.synthetic import make_split
+from engine.data.table import read_jsonl, read_parquet
 from engine.types import PromptItem
 
 SYNTHETIC_TRAIN_SIZE = 20000
+PROMPT_KEY, ANSWER_KEY = "question", "answer"  # jsonl / parquet columns when data.prompt_key / answer_key unset
+_TABLE_READERS = {"jsonl": read_jsonl, "parquet": read_parquet}
 
 
 def load_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int) -> tuple[list, list]:
-    """(train examples, held-out examples): synthetic splits, or GSM8K train / first N of test."""
+    """(train examples, held-out examples): synthetic splits, or the train file and the first
+    `eval.heldout_size` rows of the test file of a gsm8k / jsonl / parquet source."""
     if data.source == "synthetic":
         train_size = data.train_size if data.train_size is not None else SYNTHETIC_TRAIN_SIZE
         return make_split("train", train_size, seed), make_split("heldout", eval_cfg.heldout_size, seed=0)
-    folder = Path(data.path if data.path is not None else GSM8K_PATH)
-    train = load_jsonl(folder / (data.train_file or "train.jsonl"))
-    heldout = load_jsonl(folder / (data.test_file or "test.jsonl"))[: eval_cfg.heldout_size]
-    return train, heldout
+    if data.source == "gsm8k":
+        return load_split(data, "train"), load_split(data, "test")[: eval_cfg.heldout_size]
+    return _load_table(data, "train"), _load_table(data, "test")[: eval_cfg.heldout_size]
+
+
+def _load_table(data: DataConfig, split: str) -> list:
+    """One split of a jsonl / parquet source: `data.path / data.<split>_file`; unset, the folder is the
+    working directory and the file `<split>.<source>` (train.jsonl, test.parquet, ...)."""
+    name = data.train_file if split == "train" else data.test_file
+    folder = Path(data.path if data.path is not None else ".")
+    path = folder / (name if name is not None else f"{split}.{data.source}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {data.source} file not found; set data.path to the folder that holds "
+                                f"it, or data.{split}_file to the file")
+    prompt_key = data.prompt_key if data.prompt_key is not None else PROMPT_KEY
+    answer_key = data.answer_key if data.answer_key is not None else ANSWER_KEY
+    return _TABLE_READERS[data.source](path, prompt_key, answer_key)
 
 
 def prompt_items(examples: list, tokenizer, data: DataConfig) -> list[PromptItem]:

@@ -18,7 +18,7 @@ def test_loads_the_tiny_subset():
         answer="72",
     )
     assert all(e.answer and "####" not in e.answer for e in train)
-    test = load_split(DataConfig(path=str(TINY)), "test")
+    test = load_split(DataConfig(source="gsm8k", path=str(TINY)), "test")
     assert len(test) == 32 and test[0] != train[0]
 
 
@@ -73,5 +73,5 @@ def test_empty_file(tmp_path):
 
 def test_missing_file_mentions_the_config_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.path") as info:
-        load_split(DataConfig(path=str(tmp_path / "nowhere")), "train")
+        load_split(DataConfig(source="gsm8k", path=str(tmp_path / "nowhere")), "train")
     assert str(tmp_path / "nowhere" / "train.jsonl") in str(info.value)
