@@ -19,6 +19,7 @@ from engine.rewards import load_reward_fn
 from engine.pipeline.remote import RemoteRolloutEngine
 from engine.pipeline.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine
+from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.trainer import Trainer
 from engine.trimodel import OverlongPenalty, TriModel, use_shared_prompt_attention
 
@@ -50,7 +51,8 @@ def build_components(cfg: Config, run_dir: Path) -> Components:
                           seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     heldout = prompt_items(heldout_examples, tokenizer, cfg.data)
     rollout = build_rollout(cfg, backend, folder, actor, tokenizer, precision)  # last: a worker may start here
-    return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir)
+    stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, actor))  # eos + generation_config ids
+    return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, stop_ids)
 
 
 def overlong_of(cfg: Config) -> OverlongPenalty | None:

@@ -16,6 +16,9 @@ def _eval_parser(sub) -> None:
     p.add_argument("--n", type=int, default=200, help="held-out problems to score")
     p.add_argument("--prompt-format", choices=["plain", "chat"], default="plain")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop string (repeatable); generation also stops at the tokenizer's eos and every id of the "
+                        "model's generation_config.eos_token_id")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--backend", default="auto")
     p.add_argument("--cache-dir", default=".cache/cadence")
@@ -31,7 +34,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from engine.models import load_causal_lm, load_tokenizer
     from engine.rewards import load_reward_fn
     from engine.rollout import build_rollout_engine
+    from engine.rollout.stopping import load_generation_config, stop_token_ids
 
+    if any(not s for s in args.stop):
+        raise ConfigError("--stop: stop strings must be non-empty")
     backend = get_backend(args.backend)
     model_cfg = ModelConfig(path=args.model)
     data_cfg = DataConfig(source=args.data, path=args.data_path, prompt_format=args.prompt_format)
@@ -44,9 +50,11 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(engine, items, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                       load_reward_fn(RewardConfig().function),
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      stop_token_ids=(tokenizer.eos_token_id,))
-    write_result(result, args.out, model=str(folder), data=args.data, backend=backend.name)
-    print(f"accuracy {result.accuracy:.4f} on {result.n} problems -> {args.out}")
+                      stop_token_ids=stop_token_ids(tokenizer, load_generation_config(folder, model)),
+                      stop_strings=tuple(args.stop))
+    write_result(result, args.out, model=str(folder), data=args.data, backend=backend.name, stop=args.stop)
+    print(f"accuracy {result.accuracy:.4f} on {result.n} problems ({result.truncated_frac:.0%} cut by "
+          f"--max-new-tokens) -> {args.out}")
     return 0
 
 

@@ -30,6 +30,7 @@ from engine.config import Config
 from engine.evaluate import evaluate
 from engine.pipeline.timeline import append_timeline, pipeline_metrics
 from engine.rollout.base import RolloutEngine, SamplingParams
+from engine.rollout.stopping import stop_token_ids
 from engine.runlog import RunLog
 from engine.trainer import Trainer
 from engine.types import PromptItem, RolloutGroup
@@ -53,6 +54,9 @@ class Components:
     stream: object  # engine.data.stream.PromptStream
     heldout: list[PromptItem]
     run_dir: Path
+    # The tokenizer's eos and the model's generation_config.eos_token_id (engine/rollout/stopping.py); empty:
+    # the tokenizer's eos alone.
+    stop_token_ids: tuple[int, ...] = ()
 
 
 def micro_batches(groups: Iterable[RolloutGroup], max_sequences: int) -> Iterator[list[RolloutGroup]]:
@@ -91,8 +95,10 @@ def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     rewards = torch.cat([g.rewards_G for g in groups])
     lengths = [len(c.token_ids) for g in groups for c in g.completions]
     extracted = [e for g in groups for e in g.extracted]
+    truncated = sum(not c.finished for g in groups for c in g.completions)
     return {M.REWARD_MEAN: rewards.mean().item(), M.ACCURACY: (rewards > 0.5).float().mean().item(),
-            M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths)}
+            M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths),
+            M.TRUNCATED_FRAC: truncated / len(lengths)}
 
 
 class Controller:
@@ -214,11 +220,12 @@ class Controller:
         # uninterrupted one would have.
         return SamplingParams(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                               top_p=r.top_p, top_k=r.top_k, stop_token_ids=self._stop_ids(),
-                              seed=self.cfg.run.seed * 1_000_003 + k)
+                              stop_strings=tuple(r.stop), seed=self.cfg.run.seed * 1_000_003 + k)
 
     def _stop_ids(self) -> tuple[int, ...]:
-        eos = self.parts.tokenizer.eos_token_id
-        return (eos,) if eos is not None else ()
+        """Every id that ends a turn: the tokenizer's eos and the model's generation_config ids (a chat model's
+        end-of-turn token is often only there)."""
+        return self.parts.stop_token_ids or stop_token_ids(self.parts.tokenizer, None)
 
     def _evaluate(self) -> float:
         """Greedy held-out accuracy of the current policy (the rollout engine is synced to it first)."""
@@ -226,7 +233,7 @@ class Controller:
         self.parts.rollout.load_weights(self.trainer.rollout_weights(), self.trainer.version)
         result = evaluate(self.parts.rollout, self.parts.heldout, trimodel.decode, trimodel.reward_fn,
                           max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=self.cfg.eval.batch_size,
-                          stop_token_ids=self._stop_ids())
+                          stop_token_ids=self._stop_ids(), stop_strings=tuple(self.cfg.rollout.stop))
         return result.accuracy
 
     # ------------------------------------------------------------------ checkpoints and resume

@@ -17,14 +17,18 @@ class EvalResult:
     n: int
     no_answer_frac: float  # share of completions the reward found no answer in
     mean_response_len: float
+    truncated_frac: float  # share of completions cut by max_new_tokens (no stop id or stop string met)
 
 
 def evaluate(engine: RolloutEngine, items: Sequence[PromptItem], decode: Callable[[list[int]], str],
              reward_fn: Callable[[str, str], RewardResult], *, max_new_tokens: int, batch_size: int,
-             stop_token_ids: tuple[int, ...]) -> EvalResult:
-    """Greedy-decode one completion per item with the engine's current weights and score it."""
-    params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_token_ids)
-    correct = no_answer = length = 0
+             stop_token_ids: tuple[int, ...], stop_strings: tuple[str, ...] = ()) -> EvalResult:
+    """Greedy-decode one completion per item with the engine's current weights and score it. Generation stops
+    at `stop_token_ids` (stopping.stop_token_ids: the tokenizer's and the model's generation_config ids) and
+    at `stop_strings`."""
+    params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop_token_ids,
+                            stop_strings=tuple(stop_strings))
+    correct = no_answer = length = truncated = 0
     for start in range(0, len(items), batch_size):
         for group in engine.generate(items[start:start + batch_size], params):
             completion = group.completions[0]
@@ -32,8 +36,10 @@ def evaluate(engine: RolloutEngine, items: Sequence[PromptItem], decode: Callabl
             correct += result.score > 0.5
             no_answer += not result.extracted
             length += len(completion.token_ids)
+            truncated += not completion.finished
     n = max(len(items), 1)
-    return EvalResult(accuracy=correct / n, n=len(items), no_answer_frac=no_answer / n, mean_response_len=length / n)
+    return EvalResult(accuracy=correct / n, n=len(items), no_answer_frac=no_answer / n, mean_response_len=length / n,
+                      truncated_frac=truncated / n)
 
 
 def write_result(result: EvalResult, path: str | Path, **context) -> None:

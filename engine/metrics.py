@@ -35,7 +35,8 @@ LOGPROB_DIFF_MAX = "policy/logprob_diff_max"
 # ----------------------------------------------------------------------------------------------- rollout
 RESPONSE_LEN = "rollout/response_len_mean"
 RESPONSE_LEN_MAX = "rollout/response_len_max"
-TRUNCATED_FRAC = "rollout/truncated_frac"  # responses stopped by max_new_tokens rather than a stop token
+# share of responses cut by max_new_tokens (Completion.finished False): no stop id or stop string was met
+TRUNCATED_FRAC = "rollout/truncated_frac"
 
 # ------------------------------------------------------------------------------------------------- optim
 GRAD_NORM = "optim/grad_norm"  # global norm before clipping

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer, GenerationConfig
 
 from engine.config import load_config
-from engine.controller import Controller
+from engine import metrics as M
+from engine.controller import Controller, rollout_metrics
+from engine.rollout.native import NativeRolloutEngine
 from engine.train import run
+from engine.types import Completion, PromptItem, RolloutGroup
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +39,8 @@ def test_a_run_writes_its_folder(tiny_model_dir, tmp_path):
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [l["iteration"] for l in lines] == [1, 2, 3]
     for key in ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "policy/clip_frac",
-                "rollout/response_len_mean", "optim/grad_norm", "perf/tokens_per_s", "time/rollout", "time/train"):
+                "rollout/response_len_mean", "rollout/truncated_frac", "optim/grad_norm", "perf/tokens_per_s",
+                "time/rollout", "time/train"):
         assert key in lines[0], key
     assert lines[0]["policy/logprob_diff_max"] < 1e-4  # trainer and rollout agree on the sampling policy
     assert set(summary) >= {"accuracy_before", "accuracy_after", "heldout_size"} and summary["heldout_size"] == 8
@@ -70,3 +76,29 @@ def test_an_existing_run_is_not_clobbered(tiny_model_dir, tmp_path):
     run(cfg)
     with pytest.raises(Exception, match="already exists; set run.resume=true"):
         run(cfg)
+
+
+def test_rollout_metrics_report_the_share_of_truncated_responses():
+    def group(index: int, finished: list[bool]) -> RolloutGroup:
+        completions = [Completion([5, 6], [0.0, 0.0], f) for f in finished]
+        g = RolloutGroup(PromptItem(index, [1, 2], "3"), completions, version=0)
+        g.rewards_G, g.extracted = torch.zeros(len(finished)), [True] * len(finished)
+        return g
+
+    metrics = rollout_metrics([group(0, [True, False, True, True]), group(1, [False, False, True, True])])
+    assert metrics[M.TRUNCATED_FRAC] == 3 / 8
+    assert rollout_metrics([group(0, [True, True])])[M.TRUNCATED_FRAC] == 0.0
+
+
+def test_rollouts_and_evaluations_stop_at_generation_config_ids_and_rollout_stop(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    eos = AutoTokenizer.from_pretrained(model_dir).eos_token_id
+    GenerationConfig(eos_token_id=[7, eos, 9]).save_pretrained(model_dir)
+    requests = []
+    original = NativeRolloutEngine.generate
+    monkeypatch.setattr(NativeRolloutEngine, "generate",
+                        lambda self, prompts, params: requests.append(params) or original(self, prompts, params))
+    run(small_config(model_dir, tmp_path, **{"run.iterations": 1, "rollout.stop": "['##','Question']"}))
+    assert {p.temperature > 0 for p in requests} == {True, False}  # rollouts and the before/after evaluations
+    assert {(p.stop_token_ids, p.stop_strings) for p in requests} == {((eos, 7, 9), ("##", "Question"))}

@@ -30,7 +30,7 @@ class Generate:
     request_id: int
     version: int  # the version the trainer believes the worker holds; the worker refuses any other
     prompts: list[PromptItem]
-    params: SamplingParams
+    params: SamplingParams  # stop ids and stop strings included: the worker stops where a colocated engine would
 
 
 @dataclass(frozen=True, slots=True)

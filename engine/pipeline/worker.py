@@ -1,9 +1,11 @@
 """The rollout worker: a spawned process with its own model copy and CPU threads, serving one request at a time.
 
-    start: set threads, load the model from the model folder, open the weight receiver, send Ready
+    start: set threads, load the model (and, for stop strings, the tokenizer) from the model folder, open the
+           weight receiver, send Ready
     loop:  LoadWeights(k) -> copy the transport's buffers into the model, ack WeightsLoaded(k)
            Generate(k)    -> refuse unless the model holds version k; else stream GroupReady per finished
-                             group (native engine, continuous batching), then GenerateDone
+                             group (native engine, continuous batching), then GenerateDone. Stop ids and
+                             stop strings come in the request's SamplingParams, as in a colocated run
            Shutdown or the trainer gone (EOF on the pipe) -> exit
 
 SIGINT is ignored: Ctrl-C reaches every process of the terminal's group, and the trainer, not the worker,
@@ -25,6 +27,7 @@ from engine.config import ModelConfig
 from engine.pipeline.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
                                       Shutdown, WeightsLoaded)
 from engine.rollout.native import NativeRolloutEngine
+from engine.rollout.stopping import token_decoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ def worker_main(spec: WorkerSpec, receiver: WeightReceiver, requests: Connection
 
 
 def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
-    from engine.models import load_causal_lm
+    from engine.models import load_causal_lm, load_tokenizer
     from engine.trimodel import use_shared_prompt_attention
 
     from engine.precision import DTYPES
@@ -70,8 +73,11 @@ def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
     if spec.attention_kernel is not None:  # the same attention code as the actor: same logits, same samples
         use_shared_prompt_attention(model, spec.attention_kernel)
     model.requires_grad_(False)
+    # The actor's folder holds its tokenizer: stop strings are matched on the same text as in the trainer.
+    decode = token_decoder(load_tokenizer(Path(spec.model_dir), spec.model))
     return NativeRolloutEngine(model, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
-                               device=torch.device(spec.device), max_batch_sequences=spec.max_batch_sequences)
+                               device=torch.device(spec.device), max_batch_sequences=spec.max_batch_sequences,
+                               decode=decode)
 
 
 def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Connection, replies: Connection) -> None:

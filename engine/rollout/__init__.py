@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from engine.rollout.base import RolloutEngine, SamplingParams
+from engine.rollout.stopping import token_decoder
 
 ENGINES = ("native", "vllm")
 
@@ -18,7 +19,9 @@ __all__ = ["ENGINES", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
 
 def build_rollout_engine(name: str, model: nn.Module, tokenizer, device: torch.device,
                          max_batch_sequences: int = 256) -> RolloutEngine:
-    """The rollout engine `name` generating with `model`; eos and pad ids come from `tokenizer`.
+    """The rollout engine `name` generating with `model`; eos and pad ids come from `tokenizer`, and so does the
+    decode that stop strings are matched on (called only when a request has stop strings). The model's other
+    stop ids (generation_config) travel in each request's SamplingParams (stopping.stop_token_ids).
 
     A tokenizer without a pad token pads with eos (padding is masked, so its id never matters).
     """
@@ -30,7 +33,7 @@ def build_rollout_engine(name: str, model: nn.Module, tokenizer, device: torch.d
             raise ValueError("build_rollout_engine: the tokenizer has no eos_token_id; generation could never stop")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         return NativeRolloutEngine(model, eos_token_id=eos, pad_token_id=pad, device=device,
-                                   max_batch_sequences=max_batch_sequences)
+                                   max_batch_sequences=max_batch_sequences, decode=token_decoder(tokenizer))
     if name == "vllm":
         raise NotImplementedError("rollout.engine=vllm is not implemented yet; use rollout.engine=native")
     raise ValueError(f"unknown rollout engine {name!r}; allowed: {', '.join(ENGINES)}")

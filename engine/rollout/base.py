@@ -13,7 +13,11 @@ from engine.types import PromptItem, RolloutGroup
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to sample. temperature == 0 means greedy (logprobs are then those of the untempered policy)."""
+    """How to sample. temperature == 0 means greedy (logprobs are then those of the untempered policy).
+
+    A sequence ends at the engine's eos, at any of `stop_token_ids`, or at the token that completes any of
+    `stop_strings` (engine/rollout/stopping.py); that token is kept and the completion is `finished`.
+    """
 
     n: int = 1  # G: samples per prompt
     max_new_tokens: int = 64
@@ -21,6 +25,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()  # matched on the decoded completion; a string may span tokens
     seed: int = 0  # generation is a pure function of (weights, prompts, params)
 
 

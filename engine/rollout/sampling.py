@@ -26,6 +26,8 @@ def check_sampling_params(params: SamplingParams) -> None:
         raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
     if params.top_k < 0:
         raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {params.top_k}")
+    if any(not isinstance(s, str) or not s for s in params.stop_strings):
+        raise ValueError(f"SamplingParams.stop_strings must be non-empty strings, got {params.stop_strings!r}")
 
 
 def token_logprobs(logits_NV: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from backends import get_backend
 from engine.config import ModelConfig
@@ -17,6 +18,7 @@ from engine.pipeline.remote import RemoteRolloutEngine, RolloutWorkerError, Weig
 from engine.pipeline.worker import WorkerSpec
 from engine.rollout.base import SamplingParams
 from engine.rollout.native import NativeRolloutEngine
+from engine.rollout.stopping import StopStrings, stop_token_ids, token_decoder
 from engine.trimodel import use_shared_prompt_attention
 from engine.types import PromptItem
 
@@ -38,8 +40,9 @@ def actor_and_tokenizer(tiny_model_dir):
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, actor_and_tokenizer):
     actor, tokenizer = actor_and_tokenizer
-    spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir)), "portable", "cpu", 1,
-                      tokenizer.eos_token_id, tokenizer.pad_token_id)
+    # The spec names the run's compute dtype (build_rollout resolves model.dtype=auto before it gets here).
+    spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir), dtype="float32"), "portable", "cpu",
+                      1, tokenizer.eos_token_id, tokenizer.pad_token_id)
     engine = RemoteRolloutEngine(spec, get_backend("cpu").weight_sync_transport(), actor.named_parameters(),
                                  sync_timeout_s=30.0)
     yield engine
@@ -72,6 +75,36 @@ def test_the_worker_generates_what_the_in_process_engine_does(engine, actor_and_
             assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5)
     stages = {s.stage for s in engine.pop_spans()}
     assert stages == {"load_weights", "generate"}
+
+
+def test_the_worker_stops_at_generation_config_ids_and_stop_strings(engine, actor_and_tokenizer):
+    """Stop ids from a generation_config list and stop strings end the worker's samples where they end the
+    in-process engine's: each sample is its free-running twin cut at the first stop."""
+    actor, tokenizer = actor_and_tokenizer
+    engine.load_weights(actor.named_parameters(), version=2)
+    decode = token_decoder(tokenizer)
+    local = NativeRolloutEngine(actor, tokenizer.eos_token_id, tokenizer.pad_token_id, torch.device("cpu"),
+                                decode=decode)
+    base = SamplingParams(n=3, max_new_tokens=16, seed=11)
+    free = {g.prompt.index: g.completions for g in local.generate(prompts(tokenizer, 4), base)}
+    first, second, third = free[100][0].token_ids, free[101][1].token_ids, free[103][0].token_ids
+    ids = stop_token_ids(tokenizer, GenerationConfig(eos_token_id=[tokenizer.eos_token_id, first[5], third[6]]))
+    text = decode(second)  # random bytes, mostly not UTF-8: two whole characters of it
+    strings = (next(text[i:i + 2] for i in range(len(text) - 1) if "\ufffd" not in text[i:i + 2]),)
+    params = SamplingParams(n=3, max_new_tokens=16, seed=11, stop_token_ids=ids, stop_strings=strings)
+    remote = list(engine.generate(prompts(tokenizer, 4), params))
+    assert tokens(remote) == tokens(local.generate(prompts(tokenizer, 4), params))
+    matcher, cut_by = StopStrings(strings, decode), []
+    for group in remote:
+        for got, want in zip(group.completions, free[group.prompt.index]):
+            at_id = next((i for i, t in enumerate(want.token_ids) if t in ids), len(want.token_ids))
+            at_string = matcher.first_stop(want.token_ids)
+            at_string = len(want.token_ids) if at_string is None else at_string
+            stop = min(at_id, at_string)
+            assert got.token_ids == want.token_ids[:stop + 1]
+            assert got.finished == (stop < len(want.token_ids) or want.finished)
+            cut_by.append("id" if at_id < at_string else "string" if at_string < at_id else "")
+    assert {"id", "string"} <= set(cut_by)
 
 
 def test_a_generate_for_a_version_the_worker_does_not_hold_is_refused(engine, actor_and_tokenizer):

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from engine.rollout import build_rollout_engine
 from engine.rollout.base import SamplingParams
 from engine.rollout.native import NativeRolloutEngine
+from engine.rollout.stopping import StopStrings, stop_token_ids
 from engine.types import PromptItem
 
 CPU = torch.device("cpu")
@@ -41,6 +42,11 @@ PROMPTS = prompts_of([5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20], [30, 31, 32, 3
 
 def engine_for(model: nn.Module, **kwargs) -> NativeRolloutEngine:
     return NativeRolloutEngine(model, eos_token_id=EOS, pad_token_id=PAD, device=CPU, **kwargs)
+
+
+def angle_decode(ids: list[int]) -> str:
+    """A stand-in tokenizer: token t reads "<t>", so a string such as "1><22" starts inside one token."""
+    return "".join(f"<{i}>" for i in ids)
 
 
 def by_prompt(groups) -> dict[int, list[list[int]]]:
@@ -132,6 +138,60 @@ def test_stop_tokens_eos_and_max_new_tokens():
         for completion in groups[index].completions:
             assert (completion.token_ids, completion.finished) == (tokens, finished)
             assert len(completion.logprobs) == len(tokens)
+
+
+def test_stop_ids_of_a_generation_config_list_end_generation():
+    engine = NativeRolloutEngine(ChainLM(tiny_model()), eos_token_id=40, pad_token_id=PAD, device=CPU)
+    ids = stop_token_ids(SimpleNamespace(eos_token_id=40), GenerationConfig(eos_token_id=[12, 40, 10]))
+    assert ids == (40, 12, 10)
+    params = SamplingParams(n=2, max_new_tokens=6, stop_token_ids=ids)
+    groups = {g.prompt.index: g for g in engine.generate(prompts_of([8], [10], [37], [20]), params)}
+    expected = {0: ([9, 10], True), 1: ([11, 12], True), 2: ([38, 39, 40], True), 3: ([21, 22, 23, 24, 25, 26], False)}
+    for index, (tokens, finished) in expected.items():
+        assert [(c.token_ids, c.finished) for c in groups[index].completions] == [(tokens, finished)] * 2
+
+
+def test_a_stop_string_ends_the_sequence_at_the_token_that_completes_it():
+    engine = NativeRolloutEngine(ChainLM(tiny_model()), eos_token_id=40, pad_token_id=PAD, device=CPU,
+                                 decode=angle_decode)
+    params = SamplingParams(n=2, max_new_tokens=5, stop_strings=("1><22", "<57>", "<6"), seed=0)
+    # Chains: 20 -> 21 22 ("1><22" spans two tokens), 55 -> 56 57, 4 -> 5 6 ("<6" ends inside token 6),
+    # 21 -> 22..26: "<21>" is in the prompt only, "1><22" never forms, and 22 alone does not complete it.
+    groups = {g.prompt.index: g for g in engine.generate(prompts_of([19, 20], [55], [4], [20, 21]), params)}
+    expected = {0: ([21, 22], True), 1: ([56, 57], True), 2: ([5, 6], True), 3: ([22, 23, 24, 25, 26], False)}
+    for index, (tokens, finished) in expected.items():
+        for completion in groups[index].completions:
+            assert (completion.token_ids, completion.finished) == (tokens, finished)
+            assert len(completion.logprobs) == len(tokens)
+
+
+@pytest.mark.parametrize("capacity", [256, 5])
+def test_stop_strings_cut_the_samples_and_leave_the_random_streams_alone(capacity):
+    """With stop strings each sample is its stringless twin cut after the first completed string: same tokens,
+    same log-probs, whatever else shares the batch (the per-prompt random streams do not see the stops)."""
+    model = tiny_model()
+    strings = ("7><", "<2", "<33>")  # "7><": a token ending in 7, completed by whatever token follows it
+    base = SamplingParams(n=3, max_new_tokens=12, seed=2, stop_token_ids=STOPS)
+    free = {g.prompt.index: g for g in engine_for(model).generate(PROMPTS, base)}
+    cut = engine_for(model, max_batch_sequences=capacity, decode=angle_decode).generate(
+        PROMPTS, SamplingParams(n=3, max_new_tokens=12, seed=2, stop_token_ids=STOPS, stop_strings=strings))
+    matcher, stopped = StopStrings(strings, angle_decode), 0
+    for group in cut:
+        for got, want in zip(group.completions, free[group.prompt.index].completions):
+            stop = matcher.first_stop(want.token_ids)
+            length = len(want.token_ids) if stop is None else stop + 1
+            assert got.token_ids == want.token_ids[:length]
+            assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(want.logprobs[:length]), atol=1e-5)
+            assert got.finished == (want.finished or stop is not None)
+            stopped += stop is not None and stop + 1 < len(want.token_ids)
+    assert stopped >= 4  # the strings did cut samples short
+
+
+def test_stop_strings_need_a_decode():
+    with pytest.raises(ValueError, match="decode"):
+        engine_for(tiny_model()).generate(PROMPTS, SamplingParams(stop_strings=("x",)))
+    with pytest.raises(ValueError, match="stop_strings"):
+        engine_for(tiny_model(), decode=angle_decode).generate(PROMPTS, SamplingParams(stop_strings=("",)))
 
 
 def test_each_prompt_is_prefilled_once_and_the_capacity_bounds_the_batch():
@@ -270,6 +330,10 @@ def test_build_rollout_engine():
     engine = build_rollout_engine("native", model, SimpleNamespace(eos_token_id=3, pad_token_id=None), CPU)
     assert isinstance(engine, NativeRolloutEngine) and engine.version == 0
     assert (engine.eos_token_id, engine.pad_token_id) == (3, 3)
+    tokenizer = SimpleNamespace(eos_token_id=3, pad_token_id=0, decode=lambda ids, **kw: angle_decode(ids))
+    engine = build_rollout_engine("native", ChainLM(model), tokenizer, CPU)  # the tokenizer's decode: stop strings
+    group = next(engine.generate(prompts_of([7]), SamplingParams(n=2, max_new_tokens=5, stop_strings=("<9>",))))
+    assert [c.token_ids for c in group.completions] == [[8, 9]] * 2
     with pytest.raises(NotImplementedError, match="vllm"):
         build_rollout_engine("vllm", model, SimpleNamespace(eos_token_id=3, pad_token_id=0), CPU)
     with pytest.raises(ValueError, match="native"):
