@@ -14,7 +14,12 @@ from engine.data.stream import PromptStream
 from engine.data.sources import load_examples, prompt_items
 from engine.default_model import resolve_model_path
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
-from engine.precision import Precision, compute_weights, resolve_precision
+from engine.checkpoint import RunCheckpoints
+from engine.parallel.checkpoint import ShardedCheckpoints, follower_handlers
+from engine.parallel.dist import LOCAL, Collectives, DistEnv
+from engine.parallel.fsdp import LOCAL_GRAD_SYNC, FsdpGradSync, shard_actor
+from engine.parallel.spmd import TrainerGroup, follow
+from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards import load_reward_fn
 from engine.pipeline.remote import RemoteRolloutEngine
 from engine.pipeline.worker import WorkerSpec
@@ -24,35 +29,80 @@ from engine.trainer import Trainer
 from engine.trimodel import OverlongPenalty, TriModel, use_shared_prompt_attention
 
 
-def build_components(cfg: Config, run_dir: Path) -> Components:
+def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None) -> Components:
+    """Everything rank 0 (or the one process) needs. `env`: this process is rank 0 of a torchrun launch."""
     backend = get_backend(cfg.backend.name)
     split = cfg.pipeline.placement == "split"
     backend.set_threads(cfg.pipeline.trainer_threads if split else cfg.backend.threads)
     backend.seed_all(cfg.run.seed)
     random.seed(cfg.run.seed)
-    device = backend.device()
+    device = backend.device(env.local_rank if env else 0)
     folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
     tokenizer = load_tokenizer(folder, cfg.model)
-    precision = resolve_precision(cfg.model.dtype, backend.name)
-    check_dtype(backend, precision)
-    actor = load_causal_lm(folder, cfg.model, device, dtype=precision.master, dropout=cfg.trainer.dropout)
-    if cfg.trainer.layout == "shared":
-        use_shared_prompt_attention(actor, backend.attention_kernel)
-    # kl_coef 0: no reference at all; else a frozen compute-dtype copy (it never steps)
-    reference = frozen_copy(actor, precision.compute) if cfg.algorithm.kl_coef > 0 else None
-    trimodel = TriModel(actor, reference, load_reward_fn(cfg.reward.function),
-                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                        temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
-                        pad_id=tokenizer.pad_token_id, precision=precision, overlong=overlong_of(cfg))
-    trainer = Trainer(trimodel, cfg.algorithm, cfg.optim, device)
+    trainer, rollout_model = build_trainer(cfg, backend, device, folder, tokenizer, env)
     train_examples, heldout_examples = load_examples(cfg.data, cfg.eval, cfg.run.seed)
     stream = PromptStream(train_examples, tokenizer, prompt_format=cfg.data.prompt_format,
                           system_prompt=cfg.data.system_prompt, max_prompt_tokens=cfg.data.max_prompt_tokens,
                           seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     heldout = prompt_items(heldout_examples, tokenizer, cfg.data)
-    rollout = build_rollout(cfg, backend, folder, actor, tokenizer, precision)  # last: a worker may start here
-    stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, actor))  # eos + generation_config ids
-    return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, stop_ids)
+    ckpt_root = run_dir / "checkpoints"
+    if env is None:
+        checkpoints = RunCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
+    else:
+        trainer = TrainerGroup(trainer, trainer.comm)
+        checkpoints = ShardedCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
+    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer)  # last: a worker may start
+    stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, rollout_model))  # eos + generation_config
+    return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, checkpoints,
+                      world_size=env.world_size if env else 1, stop_token_ids=stop_ids)
+
+
+def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, tokenizer,
+                  env: DistEnv | None) -> tuple[Trainer, torch.nn.Module]:
+    """This rank's Trainer, and the module a colocated rollout engine generates with: the actor itself, or
+    a frozen compute-dtype copy under mixed precision or sharding (copied before the actor is sharded)."""
+    precision = resolve_precision(cfg.model.dtype, backend.name)
+    check_dtype(backend, precision, env)
+    actor = load_causal_lm(folder, cfg.model, device, dtype=precision.master, dropout=cfg.trainer.dropout)
+    if cfg.trainer.layout == "shared":
+        use_shared_prompt_attention(actor, backend.attention_kernel)
+    copy_for_rollout = cfg.pipeline.placement == "colocated" and (precision.mixed or env is not None)
+    rollout_model = frozen_copy(actor, precision.compute) if copy_for_rollout else actor
+    # kl_coef 0: no reference at all; else a frozen compute-dtype copy (it never steps)
+    reference = frozen_copy(actor, precision.compute) if cfg.algorithm.kl_coef > 0 else None
+    grad_sync, comm = LOCAL_GRAD_SYNC, LOCAL
+    if env is not None:
+        precision = shard_actor(actor, precision)
+        grad_sync, comm = FsdpGradSync(actor, env.world_size, device), Collectives(device, env.world_size)
+    trimodel = TriModel(actor, reference, load_reward_fn(cfg.reward.function),
+                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                        temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
+                        pad_id=tokenizer.pad_token_id, precision=precision, overlong=overlong_of(cfg))
+    return Trainer(trimodel, cfg.algorithm, cfg.optim, device, grad_sync, comm), rollout_model
+
+
+@dataclasses.dataclass(slots=True)
+class Follower:
+    """A torchrun rank > 0: its trainer shard, following rank 0's commands until it says stop."""
+
+    trainer: Trainer
+    rank: int
+    ckpt_root: Path
+
+    def run(self) -> None:
+        follow(self.trainer, self.trainer.comm, self.rank, follower_handlers(self.trainer, self.ckpt_root))
+
+
+def build_follower(cfg: Config, run_dir: Path, env: DistEnv) -> Follower:
+    backend = get_backend(cfg.backend.name)
+    backend.set_threads(cfg.pipeline.trainer_threads if cfg.pipeline.placement == "split" else cfg.backend.threads)
+    backend.seed_all(cfg.run.seed)
+    device = backend.device(env.local_rank)
+    folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
+    tokenizer = load_tokenizer(folder, cfg.model)
+    cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))  # no rollout copy
+    trainer, _ = build_trainer(cfg, backend, device, folder, tokenizer, env)
+    return Follower(trainer, env.rank, run_dir / "checkpoints")
 
 
 def overlong_of(cfg: Config) -> OverlongPenalty | None:
@@ -60,19 +110,21 @@ def overlong_of(cfg: Config) -> OverlongPenalty | None:
     return (cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty) if a.truncated == "penalty" else None
 
 
-def check_dtype(backend, precision: Precision) -> None:
+def check_dtype(backend, precision: Precision, env: DistEnv | None) -> None:
     if not backend.supports_dtype(precision.compute):
         raise ConfigError(f"model.dtype: {precision.compute} is not supported by backend {backend.name}")
+    if precision.loss_scaling and env is not None:
+        raise ConfigError("model.dtype: float16 trains with a single process only (its loss scaler does not "
+                          "agree on skipped steps across ranks); use bfloat16 under torchrun")
 
 
-def build_rollout(cfg: Config, backend, folder: Path, actor: torch.nn.Module, tokenizer,
-                  precision: Precision) -> RolloutEngine:
-    """pipeline.placement=colocated: the native engine generating with the actor module itself, or under mixed
-    precision with a frozen compute-dtype copy of it (synced from the masters each iteration).
+def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer) -> RolloutEngine:
+    """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
+    compute-dtype copy, synced from the masters each iteration).
     split: a rollout worker process with its own copy of the model from the same folder, its own threads
     (pipeline.rollout_threads) and, on accelerators, the next device; weights move by the backend's transport."""
+    precision = trainer.precision
     if cfg.pipeline.placement == "colocated":
-        model = frozen_copy(actor, precision.compute) if precision.mixed else actor
         return build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
                                     max_batch_sequences=cfg.rollout.max_batch_sequences)
     if cfg.rollout.engine != "native":
@@ -86,5 +138,5 @@ def build_rollout(cfg: Config, backend, folder: Path, actor: torch.nn.Module, to
                       max_batch_sequences=cfg.rollout.max_batch_sequences,
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     return RemoteRolloutEngine(spec, backend.weight_sync_transport(),
-                               compute_weights(actor.named_parameters(), precision),
+                               weight_specs(trainer.trimodel.actor.named_parameters(), precision),
                                sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)

@@ -31,7 +31,7 @@ import re
 import shutil
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -76,26 +76,37 @@ def checkpoint_iteration(path: str | Path) -> int:
     return int(match[1])
 
 
+def tmp_checkpoint_dir(ckpt_root: str | Path, iteration: int, pid: int) -> Path:
+    """Where process `pid` assembles checkpoint `iteration` before publishing it (sharded writers on other
+    ranks write their files into rank 0's folder)."""
+    return Path(ckpt_root) / f"{checkpoint_dir(ckpt_root, iteration).name}.tmp-{pid}"
+
+
 def save_checkpoint(ckpt_root: str | Path, iteration: int, model: Any, tokenizer: Any, state: dict,
-                    model_state: dict[str, torch.Tensor] | None = None) -> Path:
+                    model_state: dict[str, torch.Tensor] | None = None,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
     """Write `model` (HF format), `tokenizer` (may be None) and `state` as checkpoint `iteration`; return its
     directory. An existing checkpoint of the same iteration is replaced. With `model_state` (a `snapshot` of
-    the model's state dict), those values are written rather than the module's live parameters."""
+    the model's state dict), those values are written rather than the module's live parameters.
+    `write_extra(folder)` adds files before the manifest is taken (the sharded state of a multi-rank run)."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
     state = _with_iteration(state, iteration)
     _check_plain(state, "state")
     final = checkpoint_dir(root, iteration)
-    tmp = root / f"{final.name}.tmp-{os.getpid()}"
+    tmp = tmp_checkpoint_dir(root, iteration, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         with _no_hf_progress_bars():
             # transformers 5 always writes safetensors (tied weights stored once)
             model.save_pretrained(tmp, state_dict=model_state)
+        _name_the_models_own_class(tmp, model)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if write_extra is not None:
+            write_extra(tmp)
         torch.save(state, tmp / TRAINER_STATE_FILE)
         _write_manifest(tmp, iteration)
         _publish(tmp, final)
@@ -160,6 +171,18 @@ class CheckpointWriter:
             prune_checkpoints(self.root, self.keep)
         except BaseException as exc:  # handed to the main thread by wait()
             self._error = exc
+
+
+def _name_the_models_own_class(folder: Path, model: Any) -> None:
+    """FSDP2 wraps a model's class as FSDP<Name>; the export must name <Name> (vLLM picks the architecture
+    from config.json)."""
+    own = next((c.__name__ for c in type(model).__mro__ if not c.__name__.startswith("FSDP")), None)
+    config_file = folder / "config.json"
+    if own is None or own == type(model).__name__ or not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    config["architectures"] = [own]
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager
@@ -505,3 +528,38 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------ a run's checkpoints
+
+
+class RunCheckpoints:
+    """A one-process run's checkpoints: the Hugging Face export in the compute dtype, and trainer_state.pt
+    with the trainer's state (optimizer, schedule, float32 masters under mixed precision) plus the run's own
+    (`run_state`: stream, RNG, iteration, accuracy_before). Written in the background (`CheckpointWriter`).
+    The multi-rank twin is engine/parallel/checkpoint.py's ShardedCheckpoints, with the same three methods."""
+
+    def __init__(self, ckpt_root: str | Path, trainer: Any, tokenizer: Any, keep: int) -> None:
+        self.root = Path(ckpt_root)
+        self.trainer = trainer
+        self.writer = CheckpointWriter(self.root, trainer.trimodel.actor, tokenizer, keep)
+
+    def submit(self, iteration: int, run_state: dict) -> None:
+        """Snapshot now; the write overlaps what the run does next."""
+        actor = self.trainer.trimodel.actor
+        export = snapshot(actor.state_dict(), dtype=self.trainer.precision.compute)
+        state = snapshot({"trainer": self.trainer.state_dict(), **run_state})
+        self.writer.submit(iteration, export, state)
+
+    def wait(self) -> None:
+        self.writer.wait()
+
+    def restore(self) -> dict | None:
+        """Load the newest valid checkpoint into the trainer; return its run state (None: nothing to resume)."""
+        path = latest_checkpoint(self.root)
+        if path is None:
+            return None
+        state = load_trainer_state(path)
+        load_model_weights(path, self.trainer.trimodel.actor)
+        self.trainer.load_state_dict(state["trainer"])
+        return {**state, "path": str(path)}

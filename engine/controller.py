@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 from engine import metrics as M
-from engine.checkpoint import (CheckpointError, CheckpointWriter, capture_rng, latest_checkpoint, load_model_weights,
-                               load_trainer_state, restore_rng, snapshot)
+from engine.checkpoint import CheckpointError, capture_rng, restore_rng
 from engine.config import Config
 from engine.evaluate import evaluate
 from engine.pipeline.timeline import append_timeline, pipeline_metrics
@@ -49,11 +48,13 @@ class Components:
     backend: object
     device: torch.device
     tokenizer: object
-    trainer: Trainer
+    trainer: Trainer  # or, under torchrun, engine.parallel.spmd.TrainerGroup (the same methods)
     rollout: RolloutEngine
     stream: object  # engine.data.stream.PromptStream
     heldout: list[PromptItem]
     run_dir: Path
+    checkpoints: object  # engine.checkpoint.RunCheckpoints or engine.parallel.checkpoint.ShardedCheckpoints
+    world_size: int = 1  # trainer ranks
     # The tokenizer's eos and the model's generation_config.eos_token_id (engine/rollout/stopping.py); empty:
     # the tokenizer's eos alone.
     stop_token_ids: tuple[int, ...] = ()
@@ -106,10 +107,8 @@ class Controller:
         self.parts = parts
         self.cfg = parts.cfg
         self.trainer = parts.trainer
-        self.actor = parts.trainer.trimodel.actor
         self.timer = M.StageTimer(synchronize=parts.backend.synchronize, lane="trainer", keep_spans=True)
-        self.ckpt_root = parts.run_dir / "checkpoints"
-        self.checkpoints = CheckpointWriter(self.ckpt_root, self.actor, parts.tokenizer, self.cfg.run.keep_checkpoints)
+        self.checkpoints = parts.checkpoints
         self.accuracy_before: float | None = None
         self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
 
@@ -134,6 +133,7 @@ class Controller:
         finally:
             log.close()
             self.parts.rollout.close()  # on every path: a rollout worker process must not outlive the run
+            self.trainer.close()  # under torchrun: the other ranks stop following
         return summary
 
     def iteration(self, k: int) -> dict[str, float]:
@@ -150,7 +150,7 @@ class Controller:
         t1 = time.perf_counter()
         elapsed = t1 - t0
         n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
-        perf = {M.TOKENS_PER_S: n_tokens / elapsed, M.SAMPLES_PER_S: sum(g.group_size for g in groups) / elapsed,
+        perf = {M.WORLD_SIZE: float(self.parts.world_size), M.TOKENS_PER_S: n_tokens / elapsed, M.SAMPLES_PER_S: sum(g.group_size for g in groups) / elapsed,
                 M.ITERATION_TIME: elapsed}
         return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop(),
                 **self._pipeline_metrics(k + 1, t0, t1)}
@@ -244,11 +244,9 @@ class Controller:
     def _checkpoint(self, done: int) -> None:
         """Snapshot the state here; a background thread writes it while the next iteration runs."""
         with self.timer.stage("checkpoint"):
-            state = {"trainer": self.trainer.state_dict(), "stream": self.parts.stream.state_dict(),
-                     "rng": capture_rng(self.parts.backend), "iteration": done,
-                     "accuracy_before": self.accuracy_before}
-            export = snapshot(self.actor.state_dict(), dtype=self.trainer.precision.compute)  # HF folder: model dtype
-            self.checkpoints.submit(done, export, snapshot(state))
+            self.checkpoints.submit(done, {"stream": self.parts.stream.state_dict(),
+                                           "rng": capture_rng(self.parts.backend), "iteration": done,
+                                           "accuracy_before": self.accuracy_before})
 
     def _finish_checkpoint_write(self) -> None:
         """On a failing run: let the write in flight land (resume needs it); its own error must not hide the
@@ -259,23 +257,22 @@ class Controller:
             print(f"[cadence] {exc}")
 
     def _restore(self) -> int:
-        path = latest_checkpoint(self.ckpt_root)
-        if path is None:
+        """The trainer's state comes back through the checkpoints object; the run's own state here."""
+        state = self.checkpoints.restore()
+        if state is None:
             return 0
-        state = load_trainer_state(path)
-        load_model_weights(path, self.actor)
-        self.trainer.load_state_dict(state["trainer"])
         self.parts.stream.load_state_dict(state["stream"])
         restore_rng(state["rng"], self.parts.backend)
         self.accuracy_before = state["accuracy_before"]
-        print(f"resumed from {path} (iteration {state['iteration']})")
+        print(f"resumed from {state['path']} (iteration {state['iteration']})")
         return state["iteration"]
 
     def _summary(self) -> dict:
         after = self._evaluate() if self.cfg.eval.after else None
         summary = {"run": self.cfg.run.name, "iterations": self.cfg.run.iterations,
                    "heldout_size": len(self.parts.heldout), "accuracy_before": self.accuracy_before,
-                   "accuracy_after": after, "policy_version": self.trainer.version}
+                   "accuracy_after": after, "policy_version": self.trainer.version,
+                   "world_size": self.parts.world_size}
         if after is not None and self.accuracy_before is not None:
             summary["accuracy_gain"] = after - self.accuracy_before
         return summary

@@ -44,6 +44,7 @@ LR = "optim/lr"
 LOSS_SCALE = "optim/loss_scale"  # float16 only: the dynamic loss scale after the step
 
 # -------------------------------------------------------------------------------------------------- perf
+WORLD_SIZE = "dist/world_size"  # trainer ranks (torchrun processes); 1 for a plain run
 TOKENS_PER_S = "perf/tokens_per_s"
 SAMPLES_PER_S = "perf/samples_per_s"
 PEAK_MEMORY_BYTES = "perf/peak_memory_bytes"

@@ -35,6 +35,7 @@ class Precision:
 
     compute: torch.dtype
     master: torch.dtype
+    sharded: bool = False  # FSDP2 applies the policy itself (engine/parallel/fsdp.py): no cast here
 
     @property
     def mixed(self) -> bool:
@@ -66,7 +67,7 @@ def cast_forward(model: nn.Module, precision: Precision, **kwargs):
     their gradients arrive in the masters' `.grad` in the master dtype, so accumulation across micro-batches
     is float32. Buffers (rotary frequencies) keep their dtype, as `from_pretrained` leaves them.
     """
-    if not precision.mixed or not any(p.dtype != precision.compute for p in model.parameters()):
+    if not precision.mixed or precision.sharded or not any(p.dtype != precision.compute for p in model.parameters()):
         return model(**kwargs)
     params = {name: p.to(precision.compute) for name, p in model.named_parameters()}
     return torch.func.functional_call(model, params, args=(), kwargs=kwargs, tie_weights=True, strict=False)
@@ -75,9 +76,19 @@ def cast_forward(model: nn.Module, precision: Precision, **kwargs):
 def compute_weights(named_tensors: Iterable[tuple[str, torch.Tensor]],
                     precision: Precision) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights the rollout side receives: detached, in the compute dtype, one tensor at a time (never a
-    second full copy of the model at once)."""
+    second full copy of the model at once). A sharded parameter (DTensor) is gathered whole first: a
+    collective, so every rank must walk the same parameters in the same order."""
     for name, tensor in named_tensors:
-        yield name, tensor.detach().to(precision.compute)
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        yield name, full.detach().to(precision.compute)
+
+
+def weight_specs(named_tensors: Iterable[tuple[str, torch.Tensor]],
+                 precision: Precision) -> Iterator[tuple[str, torch.Tensor]]:
+    """Names, full shapes and compute dtypes of the weights the rollout side receives, as meta tensors: what
+    a transport needs to plan its buffers, without gathering anything."""
+    for name, tensor in named_tensors:
+        yield name, torch.empty(tensor.shape, dtype=precision.compute, device="meta")
 
 
 def make_grad_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler:

@@ -37,22 +37,43 @@ def create_run_dir(cfg: Config, run_dir: Path) -> None:
     save_config(cfg, run_dir / "config.yaml")
 
 
-def check_world_size() -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != 1:
-        raise ConfigError(f"WORLD_SIZE={world}: this version runs one trainer process "
-                          "(torchrun --nproc-per-node 1); multi-process data parallelism is not implemented yet")
-
-
 def run(cfg: Config) -> dict:
+    """One process: the whole run. Under torchrun: every rank builds its FSDP2 trainer; rank 0 runs the
+    controller and returns the summary, the other ranks follow its commands (engine/parallel/spmd.py)."""
+    from engine.parallel.dist import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return run_spmd(cfg)
     from engine.build import build_components
     from engine.controller import Controller
 
-    check_world_size()
     run_dir = check_run_dir(cfg)
     parts = build_components(cfg, run_dir)
     create_run_dir(cfg, run_dir)
     return Controller(parts).run()
+
+
+def run_spmd(cfg: Config) -> dict:
+    from backends import get_backend
+    from engine.build import build_follower, build_components
+    from engine.controller import Controller
+    from engine.parallel.dist import barrier, destroy_process_group, dist_env_from_environment, init_process_group
+
+    env = dist_env_from_environment()
+    init_process_group(get_backend(cfg.backend.name), env)
+    try:
+        run_dir = check_run_dir(cfg) if env.is_root else Path(cfg.run.output_dir) / cfg.run.name
+        if not env.is_root:
+            build_follower(cfg, run_dir, env).run()
+            summary = {}
+        else:
+            parts = build_components(cfg, run_dir, env)
+            create_run_dir(cfg, run_dir)
+            summary = Controller(parts).run()
+        barrier()  # no rank tears the group down while another still uses it (gloo aborts on a closed peer)
+        return summary
+    finally:
+        destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not summary:  # a following rank: rank 0 reports
+        return 0
     print("summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     return 0
 

@@ -21,6 +21,8 @@ import torch
 from engine import metrics as M
 from engine.algorithms import KL_ESTIMATORS, clipped_surrogate, grpo_advantages
 from engine.config import AlgorithmConfig, OptimConfig
+from engine.parallel.dist import LOCAL, Collectives
+from engine.parallel.fsdp import LOCAL_GRAD_SYNC, GradSync
 from engine.precision import compute_weights, make_grad_scaler
 from engine.trimodel import TokenLogprobs, TriModel
 from engine.types import RolloutGroup
@@ -48,12 +50,19 @@ class _Sums:
 
 
 class Trainer:
-    def __init__(self, trimodel: TriModel, algo: AlgorithmConfig, optim: OptimConfig, device: torch.device):
+    """One trainer rank. Alone (`LOCAL_GRAD_SYNC`, `LOCAL`) it is the whole trainer; under torchrun every rank
+    holds one, with an FSDP2-sharded actor (engine/parallel/fsdp.py) and the rank collectives: the iteration's
+    normaliser and metrics are summed over ranks, and gradients are reduced once, at the step."""
+
+    def __init__(self, trimodel: TriModel, algo: AlgorithmConfig, optim: OptimConfig, device: torch.device,
+                 grad_sync: GradSync = LOCAL_GRAD_SYNC, comm: Collectives = LOCAL):
         self.trimodel = trimodel
         self.algo = algo
         self.optim_cfg = optim
         self.device = device
         self.precision = trimodel.precision
+        self.grad_sync = grad_sync
+        self.comm = comm
         self.scaler = make_grad_scaler(self.precision, device)
         self.optimizer = torch.optim.AdamW(decay_groups(trimodel.actor, optim.weight_decay), lr=optim.lr,
                                            betas=(optim.beta1, optim.beta2), eps=optim.eps)
@@ -82,6 +91,12 @@ class Trainer:
         weight_N = self._token_weights(out)
         self.scaler.scale((loss_N * weight_N).sum()).backward()
         self._record(out, loss_N.detach() * weight_N, kl_N, clipped_N, weight_N, groups)
+
+    def accumulate_idle(self) -> None:
+        """A rank dealt no micro-batch this round still runs a zero-weight forward/backward, so every rank
+        makes the same collectives (FSDP2 gathers parameters in each forward and backward)."""
+        self.trimodel.actor.train()
+        self.grad_sync.idle_backward()
 
     def _kl(self, out: TokenLogprobs) -> torch.Tensor | None:
         if out.ref_logp_N is None:
@@ -116,19 +131,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ once per iteration
     def finalize_gradients(self) -> float:
-        """Divide the accumulated gradient sums by the iteration's normaliser and clip; return the norm.
-
-        After this the gradients are the iteration's full-batch gradients, whatever the micro-batching was.
-        """
-        if self._sums.groups == 0:
+        """Reduce the gradient sums over ranks, divide them by the iteration's normaliser and clip; return the
+        norm. After this the gradients are the iteration's full-batch gradients, whatever the micro-batching
+        (and the number of ranks) was."""
+        s = self._sums
+        s.groups, s.tokens, s.seqs = (int(v) for v in self.comm.sum([s.groups, s.tokens, s.seqs]))
+        if s.groups == 0:
             raise RuntimeError("Trainer.step() called before any group was accumulated in this iteration")
+        self.grad_sync.reduce()  # FSDP2: the iteration's one reduce-scatter, in float32 (a mean over ranks)
         self.scaler.unscale_(self.optimizer)  # float16: back to true gradients before dividing and clipping
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        normaliser = max(self._normaliser(), 1)  # 0 when every response was masked: the gradients are all 0
+        # max(., 1): 0 when every response was masked (the gradients are all 0); the reduction averaged over
+        # ranks, so the sum is restored by dividing by normaliser / world_size
+        normaliser = max(self._normaliser(), 1) / self.grad_sync.mean_factor
         for p in params:
             p.grad.div_(normaliser)
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
-        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True).item()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
 
     def step(self) -> dict[str, float]:
         """Finalize the gradients, take the optimizer step (version k -> k+1); return the step's metrics."""
@@ -140,9 +160,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
         s, normaliser, self._sums = self._sums, max(self._normaliser(), 1), _Sums()
-        metrics = {M.LOSS: s.loss / normaliser, M.KL: s.kl / s.all_tokens, M.ENTROPY: s.entropy / s.all_tokens,
-                   M.CLIP_FRAC: s.clipped / s.all_tokens, M.GRAD_NORM: grad_norm, M.LR: lr,
-                   M.LOGPROB_DIFF_MAX: s.logp_diff, M.POLICY_VERSION: float(self.version)}
+        loss, kl, entropy, clipped, all_tokens, truncated = self.comm.sum(
+            [s.loss, s.kl, s.entropy, s.clipped, s.all_tokens, s.truncated_seqs])
+        metrics = {M.LOSS: loss / normaliser, M.KL: kl / all_tokens, M.ENTROPY: entropy / all_tokens,
+                   M.CLIP_FRAC: clipped / all_tokens, M.GRAD_NORM: grad_norm, M.LR: lr,
+                   M.LOGPROB_DIFF_MAX: self.comm.max(s.logp_diff), M.POLICY_VERSION: float(self.version)}
         if self.precision.loss_scaling:
             metrics[M.LOSS_SCALE] = self.scaler.get_scale()
         return metrics
@@ -150,16 +172,28 @@ class Trainer:
     def _normaliser(self) -> int:
         return self._sums.tokens if self.algo.loss_aggregation == "token_mean" else self._sums.seqs
 
+    def close(self) -> None:
+        """Nothing to release (a TrainerGroup stops its following ranks here)."""
+
     def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights as the rollout side receives them: compute dtype, one tensor at a time."""
         return compute_weights(self.trimodel.actor.named_parameters(), self.precision)
 
     # ------------------------------------------------------------------ checkpoint state
+    def schedule_state(self) -> dict:
+        """What every rank holds alike: learning-rate schedule, loss scale, policy version."""
+        return {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "version": self.version}
+
+    def load_schedule_state(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.version = state["version"]
+
     def state_dict(self) -> dict:
-        """Optimizer, schedule, loss scale, version and, under mixed precision, the float32 master weights:
-        the Hugging Face export holds compute-dtype weights, which alone would not resume exactly."""
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "version": self.version}
+        """One process: optimizer, schedule and, under mixed precision, the float32 master weights (the
+        Hugging Face export holds compute-dtype weights, which alone would not resume exactly). Sharded runs
+        save model and optimizer with torch.distributed.checkpoint instead (engine/parallel/checkpoint.py)."""
+        state = {"optimizer": self.optimizer.state_dict(), **self.schedule_state()}
         if self.precision.mixed:
             state["masters"] = self.trimodel.actor.state_dict()
         return state
@@ -171,9 +205,7 @@ class Trainer:
         if "masters" in state:
             self.trimodel.actor.load_state_dict(state["masters"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.version = state["version"]
+        self.load_schedule_state(state)
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,0 +1,110 @@
+"""The command protocol of a multi-rank run: rank 0's controller drives, the other ranks follow.
+
+Rank 0 runs the one controller loop (prompts, rollout, scoring, schedule) with a `TrainerGroup` in place of
+its Trainer. Each micro-batch the schedule hands over is dealt to a rank; when every rank has one (a round)
+the round is broadcast and all ranks run forward/backward at once. A rank dealt nothing in the last,
+partial round of an iteration takes a zero-weight backward so the FSDP2 collectives stay matched. Weight
+sync, the optimizer step and checkpoints are commands too, so every rank makes the same collectives in the
+same order:
+
+    rank 0 (controller)              ranks 1..N-1 (follow)
+    sync_weights  -> ("sync")   ->   gather full weights layer by layer (rank 0 hands them to the rollout)
+    accumulate x N -> ("train", [mb_0..mb_N-1]) -> forward/backward of mb_rank (or zero-weight)
+    step          -> ("step")   ->   reduce gradients once, clip, AdamW step on the local shards
+    checkpoint    -> ("save", k) ->  torch.distributed.checkpoint, every rank its shards
+    end           -> ("stop")   ->   return
+
+Periodic asynchrony is unchanged: micro-batches are dealt as groups arrive, while the rollout engine
+(on rank 0's side) generates the rest; every group still carries the version the trainer ranks are at.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from engine.parallel.dist import Collectives
+from engine.trainer import Trainer
+from engine.types import RolloutGroup
+
+MicroBatch = list[RolloutGroup]
+Round = list[MicroBatch | None]  # one entry per rank
+
+
+def train_round(trainer: Trainer, round_: Round, rank: int) -> None:
+    batch = round_[rank]
+    if batch:
+        trainer.accumulate(batch)
+    else:
+        trainer.accumulate_idle()
+
+
+class TrainerGroup:
+    """Rank 0's handle on all trainer ranks, used by the controller exactly like a Trainer."""
+
+    def __init__(self, trainer: Trainer, comm: Collectives) -> None:
+        self.trainer = trainer
+        self.comm = comm
+        self._pending: list[MicroBatch] = []
+
+    @property
+    def version(self) -> int:
+        return self.trainer.version
+
+    @property
+    def trimodel(self):
+        return self.trainer.trimodel
+
+    @property
+    def precision(self):
+        return self.trainer.precision
+
+    def accumulate(self, batch: Sequence[RolloutGroup]) -> None:
+        """Deal `batch` to the next rank; a full round is trained at once on all ranks."""
+        self._pending.append(list(batch))
+        if len(self._pending) == self.comm.world_size:
+            self._train_pending()
+
+    def step(self) -> dict[str, float]:
+        if self._pending:
+            self._train_pending()
+        self.comm.broadcast(("step", None))
+        return self.trainer.step()
+
+    def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        self.comm.broadcast(("sync", None))
+        return self.trainer.rollout_weights()
+
+    def command(self, name: str, payload: Any = None) -> None:
+        """Announce a command the caller then runs on rank 0 itself (checkpoint save and load)."""
+        self.comm.broadcast((name, payload))
+
+    def close(self) -> None:
+        self.comm.broadcast(("stop", None))
+
+    def _train_pending(self) -> None:
+        round_: Round = self._pending + [None] * (self.comm.world_size - len(self._pending))
+        self._pending = []
+        self.comm.broadcast(("train", round_))
+        train_round(self.trainer, round_, rank=0)
+
+
+def follow(trainer: Trainer, comm: Collectives, rank: int, handlers: dict[str, Callable[[Any], None]]) -> None:
+    """Ranks > 0: run rank 0's commands until it says stop. `handlers` adds the checkpoint commands."""
+    commands: dict[str, Callable[[Any], None]] = {
+        "train": lambda round_: train_round(trainer, round_, rank),
+        "step": lambda _: trainer.step(),
+        "sync": lambda _: _drain(trainer.rollout_weights()),
+        **handlers,
+    }
+    while True:
+        name, payload = comm.broadcast()
+        if name == "stop":
+            return
+        commands[name](payload)
+
+
+def _drain(weights: Iterator) -> None:
+    for _ in weights:  # each full_tensor() is a collective rank 0 makes too; the values are rank 0's to use
+        pass
