@@ -51,7 +51,8 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None) -> 
     else:
         trainer = TrainerGroup(trainer, trainer.comm)
         checkpoints = ShardedCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
-    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer)  # last: a worker may start
+    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer,
+                            trainer_devices=env.local_world_size if env else 1)  # last: a worker may start
     stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, rollout_model))  # eos + generation_config
     return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, checkpoints,
                       world_size=env.world_size if env else 1, stop_token_ids=stop_ids)
@@ -118,11 +119,13 @@ def check_dtype(backend, precision: Precision, env: DistEnv | None) -> None:
                           "agree on skipped steps across ranks); use bfloat16 under torchrun")
 
 
-def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer) -> RolloutEngine:
+def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer,
+                  trainer_devices: int = 1) -> RolloutEngine:
     """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
     compute-dtype copy, synced from the masters each iteration).
     split: a rollout worker process with its own copy of the model from the same folder, its own threads
-    (pipeline.rollout_threads) and, on accelerators, the next device; weights move by the backend's transport."""
+    (pipeline.rollout_threads) and, on accelerators, pipeline.rollout_device; weights move by the backend's
+    transport."""
     precision = trainer.precision
     if cfg.pipeline.placement == "colocated":
         return build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
@@ -131,12 +134,13 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
         raise ConfigError(f"pipeline.placement=split runs the native engine in its worker; rollout.engine="
                           f"{cfg.rollout.engine} is not supported there yet")
     eos = tokenizer.eos_token_id
+    rollout_device = backend.rollout_device(cfg.pipeline.rollout_device, trainer_devices)
     compute_model = dataclasses.replace(cfg.model, dtype=str(precision.compute).removeprefix("torch."))
     spec = WorkerSpec(model_dir=str(folder), model=compute_model,
                       attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,
-                      device=str(backend.rollout_device()), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
+                      device=str(rollout_device), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
                       max_batch_sequences=cfg.rollout.max_batch_sequences,
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-    return RemoteRolloutEngine(spec, backend.weight_sync_transport(),
+    return RemoteRolloutEngine(spec, backend.weight_sync_transport(rollout_device),
                                weight_specs(trainer.trimodel.actor.named_parameters(), precision),
                                sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)

@@ -196,6 +196,10 @@ class PipelineConfig:
     trainer_threads: int = 1  # split: intra-op threads of the trainer process (replaces backend.threads)
     sync_timeout_s: float = 60.0  # a weight sync the worker has not acknowledged by then is an error
     restart_rollout: bool = False  # split: restart a dead worker once per iteration instead of stopping
+    # split: the local device index the rollout worker generates on; -1 = the first device after this node's
+    # trainer ranks (torchrun --nproc-per-node N), or the trainer's own device when none is left. E.g. on an
+    # 8-GPU node: torchrun --nproc-per-node 6 ... pipeline.rollout_device=6 (6 train, the 7th generates).
+    rollout_device: int = -1
 
     def __post_init__(self) -> None:
         if self.schedule == "periodic_async" and self.placement != "split":

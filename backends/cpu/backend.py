@@ -1,6 +1,7 @@
 """CPU backend: gloo collectives, the portable shared-prompt attention kernel, host memory statistics."""
 from __future__ import annotations
 
+import platform
 import resource
 
 import torch
@@ -46,10 +47,10 @@ class CpuBackend:
         if threads > 0:
             torch.set_num_threads(threads)
 
-    def rollout_device(self) -> torch.device:
+    def rollout_device(self, index: int = -1, trainer_devices: int = 1) -> torch.device:
         return self.device()  # the split is by cores: pipeline.rollout_threads / trainer_threads
 
-    def weight_sync_transport(self) -> SharedBufferTransport:
+    def weight_sync_transport(self, rollout_device: torch.device | None = None) -> SharedBufferTransport:
         """Shared-memory buffers, allocated once, copied into in place at each sync."""
         return SharedBufferTransport("shared_memory", self.device(), self.synchronize)
 
@@ -58,3 +59,23 @@ class CpuBackend:
 
     def set_rng_state(self, state: dict) -> None:
         return None
+
+    def device_name(self) -> str:
+        """The host CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine() or "cpu"
+
+    def device_count(self) -> int:
+        return 1
+
+    def peak_flops(self, dtype: torch.dtype) -> float | None:
+        return None  # a CPU's peak depends on its SIMD units, clocks and core count: not tabulated, MFU is null
+
+    def runtime_versions(self) -> dict[str, str]:
+        return {}
