@@ -560,6 +560,9 @@ class RunCheckpoints:
         if path is None:
             return None
         state = load_trainer_state(path)
+        if "optimizer" not in state["trainer"]:
+            raise CheckpointError(f"{path}: written by a torchrun run (sharded state in dcp/); resume it under "
+                                  f"torchrun, with any --nproc-per-node")
         load_model_weights(path, self.trainer.trimodel.actor)
         self.trainer.load_state_dict(state["trainer"])
         return {**state, "path": str(path)}

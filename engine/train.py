@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, load_config, save_config
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(recipe, overrides)
         summary = run(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not summary:  # a following rank: rank 0 reports

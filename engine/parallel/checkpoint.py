@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import (latest_checkpoint, load_trainer_state, prune_checkpoints, save_checkpoint, snapshot,
+from engine.checkpoint import (CheckpointError, latest_checkpoint, load_trainer_state, prune_checkpoints, save_checkpoint, snapshot,
                                tmp_checkpoint_dir)
 from engine.parallel.spmd import TrainerGroup
 from engine.trainer import Trainer
@@ -78,6 +78,9 @@ class ShardedCheckpoints:
 
     def restore(self) -> dict | None:
         path = latest_checkpoint(self.root)
+        if path is not None and not (path / DCP_DIR).is_dir():
+            raise CheckpointError(f"{path}: written by a single-process run (no {DCP_DIR}/); resume it with "
+                                  f"python -m engine.train, not torchrun")
         self.group.command("load", None if path is None else str(path))
         if path is None:
             return None

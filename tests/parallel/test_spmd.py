@@ -91,3 +91,13 @@ def test_a_checkpoint_saved_on_n_ranks_resumes_on_m(tiny_model_dir, tmp_path, sa
     assert_same(final_weights(tmp_path / "cut"), final_weights(tmp_path / "whole"))
     lines = (tmp_path / "cut" / "t" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]  # nothing lost, nothing replayed
+
+
+def test_a_plain_checkpoint_under_torchrun_fails_in_one_line(tiny_model_dir, tmp_path):
+    from engine.config import load_config
+    from engine.train import run
+
+    run(load_config(None, _overrides(tiny_model_dir, tmp_path, **{"run.iterations": 1})))
+    logs = tmp_path / "logs"
+    with pytest.raises(AssertionError, match="written by a single-process run"):
+        launch(1, _overrides(tiny_model_dir, tmp_path, **{"run.iterations": 2, "run.resume": "true"}), logs)
