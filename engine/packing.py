@@ -136,13 +136,15 @@ def select_logit_positions(x_rows_T: torch.Tensor, packed: PackedBatch) -> torch
 
 
 def response_token_logprobs(logits: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
-    """log p(response token) for all N response tokens, flat in canonical order -> [N] float32.
+    """log p(response token) for all N response tokens, flat in canonical order -> [N] float32, or
+    float64 for float64 logits.
 
     `logits` is either the full [rows, T, V] model output or the [U, V] logits of
-    `select_logit_positions`. The log-softmax runs in float32 once per needed position.
+    `select_logit_positions`. The log-softmax runs in float32 (float64 for float64 logits) once per needed
+    position.
     """
     logits_UV = logits if logits.dim() == 2 else select_logit_positions(logits, packed)
-    logp_UV = torch.log_softmax(logits_UV.float(), dim=-1)
+    logp_UV = torch.log_softmax(logits_UV, dim=-1, dtype=torch.promote_types(logits_UV.dtype, torch.float32))
     return logp_UV[packed.target_rows, packed.target_ids]
 
 

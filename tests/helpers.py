@@ -1,7 +1,10 @@
 """Shared builders for engine-level tests (imported by test modules; not a test file)."""
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
 from engine.config import AlgorithmConfig, ModelConfig, OptimConfig
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
@@ -13,12 +16,15 @@ from engine.types import Completion, PromptItem, RolloutGroup
 
 
 def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0, dtype="float32",
-                 precision: Precision | None = None) -> Trainer:
+                 precision: Precision | None = None, norms_in_model_dtype: bool = False) -> Trainer:
     """A Trainer on the model of `model_dir`; `dtype` is model.dtype (float32 masters under bf16/fp16), or
-    `precision` sets both dtypes directly (the precision benchmark's pure-bf16 contrast)."""
+    `precision` sets both dtypes directly (the precision benchmark's pure-bf16 contrast).
+    `norms_in_model_dtype` swaps in `RMSNormInInputDtype` (see there) before the reference copy is made."""
     precision = precision or resolve_precision(dtype, "cpu")
     tokenizer = load_tokenizer(model_dir, ModelConfig(path=str(model_dir)))
     actor = load_causal_lm(model_dir, ModelConfig(path=str(model_dir)), torch.device("cpu"), dtype=precision.master)
+    if norms_in_model_dtype:
+        norms_in_input_dtype(actor)
     if layout == "shared":
         use_shared_prompt_attention(actor, "portable")
     algo = algo or AlgorithmConfig(kl_coef=kl_coef)
@@ -53,3 +59,50 @@ def params_of(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
+
+
+# ---- exactness bounds of the parity tests (tests/parity/) ----
+
+# float64 parity: > 3e3 x the float64 round-off the parity tests measure (at most 3e-14), and ~1e3 x below
+# float32's eps (1.2e-7), so a step that silently runs in float32 (a `.float()`, a float32 norm) fails it.
+EXACT_RTOL = 1e-10
+
+
+def roundoff_bound(dtype: torch.dtype, n_terms: int, factor: float = 16.0) -> float:
+    """Relative tolerance for two computations of the same values in `dtype` that differ only in the order
+    of their sums (relative error = max |a - b| / max |b| per tensor): factor * eps(dtype) * sqrt(n_terms).
+
+    The rounding errors of a sum of n terms add like a random walk, ~eps * sqrt(n) of the terms' magnitude
+    (eps * n is the worst case, which these sums do not approach). `n_terms` is the longest sum feeding the
+    compared values: the tokens of a batch for a weight gradient, the keys of a softmax row, the hidden size
+    for a logit. `factor` covers the few ulps each further op adds and their growth through two decoder
+    layers: the parity tests measured at most 1.4 * eps * sqrt(n) in float32, so 16 leaves ~10x margin for
+    other CPUs' kernels and stays far below what a wrong mask or a lost term gives (> 1e-3).
+    """
+    return factor * torch.finfo(dtype).eps * math.sqrt(n_terms)
+
+
+class RMSNormInInputDtype(nn.Module):
+    """transformers' Qwen2/Llama RMSNorm computed in its input's dtype.
+
+    transformers computes RMSNorm in float32 whatever the input dtype (`hidden_states.to(torch.float32)` in
+    Qwen2RMSNorm.forward, likewise LlamaRMSNorm), so a float64 model rounds every residual-stream value and
+    gradient to float32 there: float64 parity would stop at ~1e-7. Same formula, same weight Parameter (an
+    optimizer that holds it keeps updating it)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.weight = norm.weight
+        self.variance_epsilon = norm.variance_epsilon
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def norms_in_input_dtype(model: nn.Module) -> nn.Module:
+    """Replace every transformers `*RMSNorm` submodule of `model` by `RMSNormInInputDtype`, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__.endswith("RMSNorm"):
+                setattr(parent, name, RMSNormInInputDtype(child))
+    return model

@@ -42,6 +42,7 @@ def reference_shared_prompt_attention(q_HTD: torch.Tensor, k_HTD: torch.Tensor, 
     allowed_TT = allowed_TT | torch.diag(~real_T)
     scores_HTT = torch.matmul(q_HTD, k_HTD.transpose(1, 2)) * scale
     scores_HTT = scores_HTT.masked_fill(~allowed_TT, float("-inf"))
-    probs_HTT = torch.softmax(scores_HTT.float(), dim=-1).to(q_HTD.dtype)
+    # softmax in at least float32 (float64 inputs stay float64, so float64 parity tests are exact)
+    probs_HTT = torch.softmax(scores_HTT, dim=-1, dtype=torch.promote_types(q_HTD.dtype, torch.float32)).to(q_HTD.dtype)
     out_HTD = torch.matmul(probs_HTT, v_HTD)
     return out_HTD * real_T[None, :, None].to(out_HTD.dtype)
