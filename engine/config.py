@@ -124,16 +124,79 @@ class RolloutConfig:
                               f"a whole group fits, got {self.max_batch_sequences}")
 
 
+DEFAULT_REWARD = "engine.rewards.gsm8k:gsm8k_reward"
+
+
 @dataclass(frozen=True, slots=True)
 class RewardConfig:
-    function: str = "engine.rewards.gsm8k:gsm8k_reward"  # import path "module:function"
+    """reward = sum_i weights[i] * functions[i](completion, reference[, prompt]) + model_weight * reward model.
+    The FIRST function is the correctness one: `reward/accuracy` (score > 0.5), `reward/no_answer_frac` and
+    held-out accuracy come from it alone (weight 0 keeps a function for those metrics only). See
+    engine/rewards/composite.py."""
+
+    # import paths "module:function"; a function with a `prompt` parameter also gets the rendered prompt
+    functions: list[str] = field(default_factory=lambda: [DEFAULT_REWARD])
+    weights: list[float] = field(default_factory=lambda: [1.0])  # one per function
+    function: str | None = None  # the old single-function key: the same as functions=[function], weights=[1.0]
+    # A local Hugging Face *ForSequenceClassification folder (one label, the actor's tokenizer), scored on the
+    # actor's packed layout at each response's last token; None = no reward model is loaded.
+    model: str | None = None
+    model_weight: float = 1.0  # its weight in the sum; only read with reward.model
+    # > 0: reward functions run in a worker process, and a call not done within timeout_s seconds scores 0 (no
+    # answer), restarts the worker and counts in reward/timeouts. 0 = called in-process (fastest).
+    timeout_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        from math import isfinite  # here, not at the top: this class is all that reads it
+
+        if self.function is not None and (self.functions != [DEFAULT_REWARD] or self.weights != [1.0]):
+            raise ConfigError("reward.function: the old single-function key cannot be combined with reward.functions "
+                              "or reward.weights; list it as the first of reward.functions instead")
+        if not self.functions:
+            raise ConfigError("reward.functions: needs at least one function (the first is the correctness one)")
+        if len(self.weights) != len(self.functions):
+            raise ConfigError(f"reward.weights: {len(self.weights)} weights for {len(self.functions)} "
+                              f"reward.functions; give one weight per function, in the same order")
+        if not all(isfinite(w) for w in (*self.weights, self.model_weight)):
+            raise ConfigError("reward.weights, reward.model_weight: must be finite numbers")
+        if self.model is None and self.model_weight != 1.0:
+            raise ConfigError("reward.model_weight: only read with reward.model set")
+        if not (isfinite(self.timeout_s) and self.timeout_s >= 0):
+            raise ConfigError(f"reward.timeout_s: must be >= 0 (0 = in-process), got {self.timeout_s}")
+
+    @property
+    def weighted_functions(self) -> list[tuple[str, float]]:
+        """(import path, weight) of every function, the correctness one first; resolves the old key."""
+        if self.function is not None:
+            return [(self.function, 1.0)]
+        return list(zip(self.functions, self.weights))
 
 
 @dataclass(frozen=True, slots=True)
 class AlgorithmConfig:
-    normalize_std: bool = True  # False = Dr. GRPO (advantage = reward - group mean)
-    clip_low: float = 0.2
+    """The GRPO family (engine/algorithms/, docs/algorithms.md)."""
+
+    # Advantage estimator: grpo (group mean and std), dr_grpo (group mean only), rloo (leave-one-out mean),
+    # reinforce_pp (batch mean and std), reinforce_pp_baseline (group mean, then batch std). The reinforce_pp
+    # ones need the whole iteration's rewards, so training waits for the last group.
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "grpo"
+    std: Literal["sample", "population"] = "population"  # the std of grpo / reinforce_pp normalisation
+    policy_loss: Literal["grpo", "gspo"] = "grpo"  # token-level PPO clip, or GSPO's sequence-level ratio
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high] (GSPO: e.g. 3e-4 / 4e-4)
     clip_high: float = 0.2
+    dual_clip: float | None = None  # c > 1: for A < 0 the loss is at most -c * A (Ye et al. 2020)
+    # PPO updates per iteration: the iteration's B groups are split into ppo_mini_batches mini-batches of
+    # B / M groups, one optimizer step each, repeated ppo_epochs times. 1 and 1: one on-policy step.
+    ppo_mini_batches: int = 1
+    ppo_epochs: int = 1
+    # DAPO dynamic sampling: groups whose G rewards are all equal are dropped as they arrive, and more prompts
+    # are generated until the iteration has B informative groups or max_sampling_rounds rounds were made.
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    # Train/inference mismatch: truncated importance sampling of the loss by min(cap, pi_trainer / pi_rollout)
+    # per token or per sequence (Yao et al. 2025), for engines whose log-probs differ from the trainer's.
+    rollout_is: Literal["off", "token", "sequence"] = "off"
+    rollout_is_cap: float = 2.0
     kl_coef: float = 0.0  # 0 = no reference model is loaded at all
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     loss_aggregation: Literal["token_mean", "seq_mean"] = "token_mean"
@@ -146,6 +209,19 @@ class AlgorithmConfig:
     overlong_penalty: float = 1.0  # penalty only: the penalty at max_new_tokens
 
     def __post_init__(self) -> None:
+        if self.ppo_mini_batches < 1 or self.ppo_epochs < 1:
+            raise ConfigError("algorithm.ppo_mini_batches / algorithm.ppo_epochs: must be >= 1")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"algorithm.dual_clip: must be > 1 (or null), got {self.dual_clip}")
+        if self.policy_loss == "gspo" and self.loss_aggregation != "seq_mean":
+            raise ConfigError("algorithm.loss_aggregation: GSPO averages over sequences; set "
+                              "algorithm.loss_aggregation=seq_mean with algorithm.policy_loss=gspo")
+        if self.rollout_is != "off" and self.ppo_mini_batches * self.ppo_epochs > 1:
+            raise ConfigError("algorithm.rollout_is: with several updates per iteration the old log-probs already "
+                              "are the rollout engine's, so the clipped ratio corrects the mismatch; set "
+                              "algorithm.rollout_is=off or ppo_mini_batches=ppo_epochs=1")
+        if self.rollout_is_cap <= 0 or self.max_sampling_rounds < 1:
+            raise ConfigError("algorithm.rollout_is_cap must be > 0 and algorithm.max_sampling_rounds >= 1")
         if self.truncated == "penalty" and self.overlong_buffer <= 0:
             raise ConfigError("algorithm.overlong_buffer: must be > 0 with algorithm.truncated=penalty")
         if self.truncated != "penalty" and self.overlong_buffer != 0:
@@ -225,6 +301,12 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def __post_init__(self) -> None:
+        mini = self.algorithm.ppo_mini_batches
+        if self.rollout.prompts_per_iteration % mini:
+            raise ConfigError(f"algorithm.ppo_mini_batches: {mini} must divide rollout.prompts_per_iteration "
+                              f"({self.rollout.prompts_per_iteration}) so every mini-batch has B / M groups")
 
 
 # ----------------------------------------------------------------------------------------------- loading

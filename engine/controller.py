@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from engine import metrics as M
+from engine.algorithms.advantages import ADVANTAGES, needs_full_batch
 from engine.checkpoint import CheckpointError, capture_rng, restore_rng
 from engine.config import Config
 from engine.evaluate import evaluate
@@ -92,6 +93,30 @@ def in_prompt_order(groups: Iterable[RolloutGroup], prompts: Sequence[PromptItem
         raise RuntimeError(f"rollout ended without the groups of prompts {order} (or with unexpected {list(early)})")
 
 
+def chunks(groups: Iterator[RolloutGroup], size: int) -> Iterator[list[RolloutGroup]]:
+    """Consecutive lists of `size` groups (the last may be shorter), each handed over once it is full: a
+    PPO mini-batch steps as soon as its groups have arrived."""
+    chunk: list[RolloutGroup] = []
+    for group in groups:
+        chunk.append(group)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def mean_metrics(steps: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The iteration's update metrics: the mean over its optimizer steps (the max for logprob_diff_max)."""
+    if not steps:
+        return {}
+    out = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
+    if M.LOGPROB_DIFF_MAX in out:
+        out[M.LOGPROB_DIFF_MAX] = max(s[M.LOGPROB_DIFF_MAX] for s in steps)
+    out[M.OPTIMIZER_STEPS] = float(len(steps))
+    return out
+
+
 def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     rewards = torch.cat([g.rewards_G for g in groups])
     lengths = [len(c.token_ids) for g in groups for c in g.completions]
@@ -110,6 +135,7 @@ class Controller:
         self.timer = M.StageTimer(synchronize=parts.backend.synchronize, lane="trainer", keep_spans=True)
         self.checkpoints = parts.checkpoints
         self.accuracy_before: float | None = None
+        self.sampling: dict[str, float] = {}  # the iteration's dynamic-sampling figures
         self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
 
     # ------------------------------------------------------------------ the run
@@ -144,39 +170,95 @@ class Controller:
             prompts = self.parts.stream.next_batch(self.cfg.rollout.prompts_per_iteration)
         with self.timer.stage("sync_weights"):
             self.parts.rollout.load_weights(self.trainer.rollout_weights(), self.trainer.version)
-        groups = self._rollout_and_train(prompts, self._sampling(k))
+        groups, step_metrics = self._rollout_and_train(prompts, self._sampling(k))
+        if not groups:  # dynamic sampling found no informative group (verl's DAPO stops here too)
+            raise RuntimeError(f"iteration {k + 1}: no group with unequal rewards in "
+                               f"{self.cfg.algorithm.max_sampling_rounds} sampling rounds; raise "
+                               "algorithm.max_sampling_rounds or check the reward and the data's difficulty")
         with self.timer.stage("step"):
-            step_metrics = self.trainer.step()
+            step_metrics.update(self.trainer.end_iteration())
         t1 = time.perf_counter()
         elapsed = t1 - t0
         n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
-        perf = {M.WORLD_SIZE: float(self.parts.world_size), M.TOKENS_PER_S: n_tokens / elapsed, M.SAMPLES_PER_S: sum(g.group_size for g in groups) / elapsed,
-                M.ITERATION_TIME: elapsed}
-        return {**rollout_metrics(groups), **step_metrics, **perf, **self.timer.pop(),
+        perf = {M.WORLD_SIZE: float(self.parts.world_size), M.TOKENS_PER_S: n_tokens / elapsed,
+                M.SAMPLES_PER_S: sum(g.group_size for g in groups) / max(elapsed, 1e-9), M.ITERATION_TIME: elapsed}
+        return {**rollout_metrics(groups), **step_metrics, **perf, **self.sampling, **self.timer.pop(),
                 **self._pipeline_metrics(k + 1, t0, t1)}
 
-    def _rollout_and_train(self, prompts: list[PromptItem], params: SamplingParams) -> list[RolloutGroup]:
-        """Score and train on the groups in the order the schedule hands them over.
+    def _rollout_and_train(self, prompts: list[PromptItem],
+                           params: SamplingParams) -> tuple[list[RolloutGroup], dict[str, float]]:
+        """Score and train on the groups in the order the schedule hands them over; return the groups and the
+        iteration's update metrics (averaged over its optimizer steps).
 
         sync: the whole rollout is drawn first (generate all, then train). periodic_async: groups are drawn
         lazily, so each micro-batch trains while the engine generates the rest. Gradients are sums, normalised
         at the step, so the update is the same either way (to round-off; bit for bit with run.deterministic).
+        With algorithm.ppo_mini_batches = M, every B / M groups make one optimizer step, taken as soon as they
+        have arrived; algorithm.ppo_epochs > 1 repeats the stored mini-batches after the last one.
         """
-        arrivals = self._arrivals(prompts, params)
+        arrivals = self._with_advantages(self._groups(prompts, params))
         if self.cfg.pipeline.schedule == "sync":
             arrivals = iter(list(arrivals))
-        if self.cfg.run.deterministic:
-            arrivals = in_prompt_order(arrivals, prompts)
+        size = self.cfg.rollout.prompts_per_iteration // self.cfg.algorithm.ppo_mini_batches
         groups: list[RolloutGroup] = []
-        for batch in micro_batches(self._scored(arrivals), self.cfg.optim.micro_batch_size):
+        steps = []
+        for mini_batch in chunks(arrivals, size):
+            steps.append(self._update(mini_batch))
+            groups.extend(mini_batch)
+        for _ in range(self.cfg.algorithm.ppo_epochs - 1):
+            steps += [self._update(mini_batch) for mini_batch in chunks(iter(groups), size)]
+        return groups, mean_metrics(steps)
+
+    def _update(self, mini_batch: list[RolloutGroup]) -> dict[str, float]:
+        """Forward/backward micro-batch by micro-batch, then one optimizer step."""
+        for batch in micro_batches(mini_batch, self.cfg.optim.micro_batch_size):
             with self.timer.stage("train"):
                 self.trainer.accumulate(batch)
-            groups.extend(batch)
-        return groups
+        with self.timer.stage("step"):
+            return self.trainer.step_mini_batch()
+
+    def _groups(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
+        """Scored groups with their advantages, as they arrive. DAPO dynamic sampling: a group whose G rewards
+        are all equal is dropped, and further rounds generate new prompts for the missing groups, up to
+        algorithm.max_sampling_rounds rounds. Batch advantage estimators first wait for every group."""
+        algo, wanted = self.cfg.algorithm, len(prompts)
+        kept = dropped = rounds = 0
+        while kept < wanted and rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
+            if rounds:
+                with self.timer.stage("prompts"):
+                    prompts = self.parts.stream.next_batch(wanted - kept)
+            rounds += 1
+            for group in self._scored(self._arrivals(prompts, params)):
+                if algo.dynamic_sampling and (kept == wanted or bool((group.rewards_G == group.rewards_G[0]).all())):
+                    dropped += 1
+                    continue
+                kept += 1
+                yield group
+        self.sampling = {M.DROPPED_GROUPS: float(dropped), M.SAMPLING_ROUNDS: float(rounds)}
+
+    def _with_advantages(self, groups: Iterable[RolloutGroup]) -> Iterator[RolloutGroup]:
+        """algorithm.advantage per group as groups arrive; a batch estimator over all groups at once."""
+        algo = self.cfg.algorithm
+        estimator = ADVANTAGES[algo.advantage]
+        if needs_full_batch(algo.advantage):
+            groups = list(groups)
+            if groups:
+                adv_BG = estimator(torch.stack([g.rewards_G for g in groups]), std=algo.std)
+                for group, adv_G in zip(groups, adv_BG):
+                    group.advantages_G = adv_G
+        for group in groups:
+            if group.advantages_G is None:
+                group.advantages_G = estimator(group.rewards_G.unsqueeze(0), std=algo.std)[0]
+            yield group
 
     def _arrivals(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
-        """The engine's groups as they finish; time spent waiting for the next one is the stage `rollout`."""
+        """The engine's groups as they finish (in prompt order with run.deterministic); time spent waiting for
+        the next one is the stage `rollout`."""
         stream = self.parts.rollout.generate(prompts, params)
+        timed = self._timed_rollout(stream)
+        return in_prompt_order(timed, prompts) if self.cfg.run.deterministic else timed
+
+    def _timed_rollout(self, stream: Iterator[RolloutGroup]) -> Iterator[RolloutGroup]:
         while True:
             with self.timer.stage("rollout"):
                 group = next(stream, None)

@@ -23,6 +23,7 @@ REWARD_STD = "reward/std"
 ACCURACY = "reward/accuracy"  # fraction of samples whose extracted answer is correct
 NO_ANSWER_FRAC = "reward/no_answer_frac"  # fraction of samples where no answer could be extracted
 ZERO_STD_FRAC = "reward/zero_std_frac"  # fraction of groups whose G rewards are all equal (no signal)
+REWARD_TIMEOUTS = "reward/timeouts"  # reward-function calls past reward.timeout_s this iteration (scored 0)
 
 # ------------------------------------------------------------------------------------------------ policy
 LOSS = "policy/loss"
@@ -36,11 +37,14 @@ LOGPROB_DIFF_MAX = "policy/logprob_diff_max"
 RESPONSE_LEN = "rollout/response_len_mean"
 RESPONSE_LEN_MAX = "rollout/response_len_max"
 # share of responses cut by max_new_tokens (Completion.finished False): no stop id or stop string was met
+DROPPED_GROUPS = "rollout/dropped_groups"  # dynamic sampling: groups with all-equal rewards left out
+SAMPLING_ROUNDS = "rollout/sampling_rounds"  # dynamic sampling: generation rounds this iteration
 TRUNCATED_FRAC = "rollout/truncated_frac"
 
 # ------------------------------------------------------------------------------------------------- optim
 GRAD_NORM = "optim/grad_norm"  # global norm before clipping
 LR = "optim/lr"
+OPTIMIZER_STEPS = "optim/steps"  # optimizer steps this iteration (algorithm.ppo_mini_batches * ppo_epochs)
 LOSS_SCALE = "optim/loss_scale"  # float16 only: the dynamic loss scale after the step
 
 # -------------------------------------------------------------------------------------------------- perf

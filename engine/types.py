@@ -43,7 +43,9 @@ class RolloutGroup:
     texts: list[str] = field(default_factory=list)  # decoded completions, filled by the scorer
     rewards_G: torch.Tensor | None = None  # float32 (G,): what advantages are computed from
     scores_G: torch.Tensor | None = None  # float32 (G,): the reward function's scores, before length shaping
+    advantages_G: torch.Tensor | None = None  # float32 (G,): set by the controller (algorithm.advantage)
     extracted: list[bool] = field(default_factory=list)  # did the reward find an answer, per sample
+    reward_timeouts: int = 0  # reward-function calls that ran past reward.timeout_s (scored 0), filled by the scorer
 
     @property
     def group_size(self) -> int:

@@ -10,7 +10,8 @@ same order:
     rank 0 (controller)              ranks 1..N-1 (follow)
     sync_weights  -> ("sync")   ->   gather full weights layer by layer (rank 0 hands them to the rollout)
     accumulate x N -> ("train", [mb_0..mb_N-1]) -> forward/backward of mb_rank (or zero-weight)
-    step          -> ("step")   ->   reduce gradients once, clip, AdamW step on the local shards
+    step          -> ("step")   ->   reduce gradients once, clip, AdamW step on the local shards (per mini-batch)
+    end of iter.  -> ("end")    ->   learning-rate schedule, policy version k -> k+1
     checkpoint    -> ("save", k) ->  torch.distributed.checkpoint, every rank its shards
     end           -> ("stop")   ->   return
 
@@ -67,10 +68,17 @@ class TrainerGroup:
             self._train_pending()
 
     def step(self) -> dict[str, float]:
+        return {**self.step_mini_batch(), **self.end_iteration()}
+
+    def step_mini_batch(self) -> dict[str, float]:
         if self._pending:
             self._train_pending()
         self.comm.broadcast(("step", None))
-        return self.trainer.step()
+        return self.trainer.step_mini_batch()
+
+    def end_iteration(self) -> dict[str, float]:
+        self.comm.broadcast(("end", None))
+        return self.trainer.end_iteration()
 
     def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         self.comm.broadcast(("sync", None))
@@ -94,7 +102,8 @@ def follow(trainer: Trainer, comm: Collectives, rank: int, handlers: dict[str, C
     """Ranks > 0: run rank 0's commands until it says stop. `handlers` adds the checkpoint commands."""
     commands: dict[str, Callable[[Any], None]] = {
         "train": lambda round_: train_round(trainer, round_, rank),
-        "step": lambda _: trainer.step(),
+        "step": lambda _: trainer.step_mini_batch(),
+        "end": lambda _: trainer.end_iteration(),
         "sync": lambda _: _drain(trainer.rollout_weights()),
         **handlers,
     }
