@@ -20,10 +20,10 @@ from engine.parallel.dist import LOCAL, Collectives, DistEnv
 from engine.parallel.fsdp import LOCAL_GRAD_SYNC, FsdpGradSync, shard_actor
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
-from engine.rewards import load_reward_fn
+from engine.rewards.composite import build_rewards
 from engine.pipeline.remote import RemoteRolloutEngine
 from engine.pipeline.worker import WorkerSpec
-from engine.rollout import RolloutEngine, build_rollout_engine
+from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.trainer import Trainer
 from engine.trimodel import OverlongPenalty, TriModel, use_shared_prompt_attention
@@ -51,8 +51,7 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None) -> 
     else:
         trainer = TrainerGroup(trainer, trainer.comm)
         checkpoints = ShardedCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
-    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer,
-                            trainer_devices=env.local_world_size if env else 1)  # last: a worker may start
+    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer, env)  # last: a worker may start
     stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, rollout_model))  # eos + generation_config
     return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, checkpoints,
                       world_size=env.world_size if env else 1, stop_token_ids=stop_ids)
@@ -67,7 +66,8 @@ def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, toke
     actor = load_causal_lm(folder, cfg.model, device, dtype=precision.master, dropout=cfg.trainer.dropout)
     if cfg.trainer.layout == "shared":
         use_shared_prompt_attention(actor, backend.attention_kernel)
-    copy_for_rollout = cfg.pipeline.placement == "colocated" and (precision.mixed or env is not None)
+    copy_for_rollout = (cfg.pipeline.placement == "colocated" and cfg.rollout.engine == "native"
+                        and (precision.mixed or env is not None))
     rollout_model = frozen_copy(actor, precision.compute) if copy_for_rollout else actor
     # kl_coef 0: no reference at all; else a frozen compute-dtype copy (it never steps)
     reference = frozen_copy(actor, precision.compute) if cfg.algorithm.kl_coef > 0 else None
@@ -75,7 +75,9 @@ def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, toke
     if env is not None:
         precision = shard_actor(actor, precision)
         grad_sync, comm = FsdpGradSync(actor, env.world_size, device), Collectives(device, env.world_size)
-    trimodel = TriModel(actor, reference, load_reward_fn(cfg.reward.function),
+    rewards = build_rewards(cfg.reward, device=device, dtype=precision.compute, tokenizer=tokenizer,
+                            attention_kernel=backend.attention_kernel, load_model=env is None or env.is_root)
+    trimodel = TriModel(actor, reference, rewards,
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
                         pad_id=tokenizer.pad_token_id, precision=precision, overlong=overlong_of(cfg))
@@ -119,22 +121,48 @@ def check_dtype(backend, precision: Precision, env: DistEnv | None) -> None:
                           "agree on skipped steps across ranks); use bfloat16 under torchrun")
 
 
+def vllm_multiprocess(cfg: Config, env: DistEnv | None) -> bool:
+    """vLLM in its own process: under split placement (it generates while the trainer trains), under torchrun
+    (its in-process mode would take over the default process group) and with tensor parallelism."""
+    v = cfg.rollout.vllm
+    return v.multiprocess or cfg.pipeline.placement == "split" or v.tensor_parallel_size > 1 or env is not None
+
+
+def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision: Precision,
+                       multiprocess: bool) -> RolloutEngine:
+    from engine.rollout.vllm import VllmOptions, logprobs_mode_for
+
+    r, v = cfg.rollout, cfg.rollout.vllm
+    try:
+        mode = logprobs_mode_for(r.temperature, r.top_p, r.top_k)
+    except ValueError as exc:
+        raise ConfigError(f"rollout.engine=vllm: {exc}") from exc
+    # On the CPU the utilization share is of host RAM, which vLLM's memory check refuses: 1 GiB of KV cache
+    kv_gib = v.kv_cache_gib or (1.0 if backend.device_type == "cpu" else 0.0)
+    options = VllmOptions(
+        dtype=str(precision.compute).removeprefix("torch."), trust_remote_code=cfg.model.trust_remote_code,
+        tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+        kv_cache_memory_bytes=int(kv_gib * 2**30) or None, enforce_eager=v.enforce_eager,
+        max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
+        multiprocess=multiprocess, logprobs_mode=mode)
+    return build_vllm_engine(str(folder), tokenizer, options)
+
+
 def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer,
-                  trainer_devices: int = 1) -> RolloutEngine:
+                  env: DistEnv | None = None) -> RolloutEngine:
     """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
     compute-dtype copy, synced from the masters each iteration).
     split: a rollout worker process with its own copy of the model from the same folder, its own threads
     (pipeline.rollout_threads) and, on accelerators, pipeline.rollout_device; weights move by the backend's
     transport."""
     precision = trainer.precision
+    if cfg.rollout.engine == "vllm":
+        return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=vllm_multiprocess(cfg, env))
     if cfg.pipeline.placement == "colocated":
         return build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
                                     max_batch_sequences=cfg.rollout.max_batch_sequences)
-    if cfg.rollout.engine != "native":
-        raise ConfigError(f"pipeline.placement=split runs the native engine in its worker; rollout.engine="
-                          f"{cfg.rollout.engine} is not supported there yet")
     eos = tokenizer.eos_token_id
-    rollout_device = backend.rollout_device(cfg.pipeline.rollout_device, trainer_devices)
+    rollout_device = backend.rollout_device(cfg.pipeline.rollout_device, env.local_world_size if env else 1)
     compute_model = dataclasses.replace(cfg.model, dtype=str(precision.compute).removeprefix("torch."))
     spec = WorkerSpec(model_dir=str(folder), model=compute_model,
                       attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,

@@ -92,6 +92,18 @@ class DataConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VllmConfig:
+    """rollout.vllm: read only with rollout.engine=vllm (engine/rollout/vllm.py); setting it otherwise is an error."""
+
+    tensor_parallel_size: int = 1  # > 1: one vLLM worker per device (multi-process)
+    gpu_memory_utilization: float = 0.9  # share of device memory vLLM may take (lower it when sharing a GPU)
+    kv_cache_gib: float = 0.0  # a fixed KV-cache size instead; 0 = by the share above (on the CPU backend: 1 GiB)
+    enforce_eager: bool = True  # false: compiled graphs (slow start, faster decode on GPUs)
+    max_model_len: int = 0  # prompt + response tokens; 0 = the model's max_position_embeddings
+    multiprocess: bool = False  # vLLM's engine in its own process (forced by pipeline.placement=split and TP > 1)
+
+
+@dataclass(frozen=True, slots=True)
 class RolloutConfig:
     engine: Literal["native", "vllm"] = "native"
     prompts_per_iteration: int = 16  # B
@@ -107,8 +119,13 @@ class RolloutConfig:
     # Generation stops at the tokenizer's eos, every id of the model's generation_config.eos_token_id, and
     # at the first occurrence of any of these strings (the completion is cut after the string).
     stop: list[str] = field(default_factory=list)
+    # Warn when policy/logprob_diff_max (|trainer - rollout engine| log-prob over sampled tokens) exceeds this.
+    logprob_diff_warn: float = 0.5
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self) -> None:
+        if self.engine != "vllm" and self.vllm != VllmConfig():
+            raise ConfigError(f"rollout.vllm: only read with rollout.engine=vllm (got rollout.engine={self.engine})")
         if self.group_size < 2:
             raise ConfigError(f"rollout.group_size: must be >= 2, got {self.group_size} (a group of one has "
                               f"advantage 0 and trains nothing)")

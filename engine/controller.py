@@ -15,6 +15,7 @@ and one optimizer step per iteration, and the trainer rejects a group of any oth
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -177,6 +178,7 @@ class Controller:
                                "algorithm.max_sampling_rounds or check the reward and the data's difficulty")
         with self.timer.stage("step"):
             step_metrics.update(self.trainer.end_iteration())
+        self._check_logprob_agreement(k, step_metrics)
         t1 = time.perf_counter()
         elapsed = t1 - t0
         n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
@@ -208,6 +210,14 @@ class Controller:
         for _ in range(self.cfg.algorithm.ppo_epochs - 1):
             steps += [self._update(mini_batch) for mini_batch in chunks(iter(groups), size)]
         return groups, mean_metrics(steps)
+
+    def _check_logprob_agreement(self, k: int, step_metrics: dict[str, float]) -> None:
+        """The rollout engine and the trainer should assign the sampled tokens the same log-probs."""
+        diff, limit = step_metrics.get(M.LOGPROB_DIFF_MAX, 0.0), self.cfg.rollout.logprob_diff_warn
+        if diff > limit:
+            print(f"[cadence] iteration {k + 1}: {M.LOGPROB_DIFF_MAX}={diff:.3g} exceeds rollout.logprob_diff_warn="
+                  f"{limit:g}: the rollout engine samples from a different distribution than the trainer trains "
+                  f"(consider algorithm.rollout_is)", file=sys.stderr)
 
     def _update(self, mini_batch: list[RolloutGroup]) -> dict[str, float]:
         """Forward/backward micro-batch by micro-batch, then one optimizer step."""

@@ -31,6 +31,18 @@ MINI_SPEC = dict(vocab_size=256, tokenizer_problems=300, hidden_size=32, num_lay
                  num_kv_heads=2, intermediate_size=64, sft_problems=200, sft_steps=5, batch_size=16)
 
 
+# vLLM's CPU attention supports head sizes 32, 64, 80, ...: the miniature's head size 8 is widened for it.
+VLLM_SPEC_OVERRIDES = dict(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory):
+    from engine.default_model import BuildSpec, _build_folder, _ensure
+
+    spec = BuildSpec(**{**MINI_SPEC, **VLLM_SPEC_OVERRIDES})
+    return _ensure(tmp_path_factory.mktemp("vllm-models"), "tiny-math", spec, 0, lambda s: None, _build_folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from engine.default_model import BuildSpec, _build_folder, _ensure

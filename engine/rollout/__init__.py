@@ -1,8 +1,8 @@
 """Rollout engines: the RolloutEngine interface (base.py) and the factory that builds one by name.
 
-"native" (native.py) generates with the Hugging Face module itself and runs anywhere torch does. "vllm" is
-named in the config already but not built yet; it will be imported lazily here so `import engine` keeps
-working without vllm installed.
+"native" (native.py) generates with the Hugging Face module itself and runs anywhere torch does. "vllm"
+(vllm.py) drives vLLM's engine on the model folder; vllm is imported only there, so `import engine` works
+without it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from engine.rollout.stopping import token_decoder
 
 ENGINES = ("native", "vllm")
 
-__all__ = ["ENGINES", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
+__all__ = ["ENGINES", "RolloutEngine", "SamplingParams", "build_rollout_engine", "build_vllm_engine"]
 
 
 def build_rollout_engine(name: str, model: nn.Module, tokenizer, device: torch.device,
@@ -35,5 +35,14 @@ def build_rollout_engine(name: str, model: nn.Module, tokenizer, device: torch.d
         return NativeRolloutEngine(model, eos_token_id=eos, pad_token_id=pad, device=device,
                                    max_batch_sequences=max_batch_sequences, decode=token_decoder(tokenizer))
     if name == "vllm":
-        raise NotImplementedError("rollout.engine=vllm is not implemented yet; use rollout.engine=native")
+        raise ValueError("rollout.engine=vllm generates from the model folder: use build_vllm_engine")
     raise ValueError(f"unknown rollout engine {name!r}; allowed: {', '.join(ENGINES)}")
+
+
+def build_vllm_engine(model_dir, tokenizer, options) -> RolloutEngine:
+    """vLLM on the Hugging Face folder `model_dir` (engine/rollout/vllm.py; vllm is imported there, lazily)."""
+    from engine.rollout.vllm import VllmRolloutEngine
+
+    if tokenizer.eos_token_id is None:
+        raise ValueError("build_vllm_engine: the tokenizer has no eos_token_id; generation could never stop")
+    return VllmRolloutEngine(model_dir, tokenizer.eos_token_id, options)

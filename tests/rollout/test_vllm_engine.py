@@ -19,7 +19,6 @@ from engine.rollout.vllm import _check_one_policy, check_logprobs_mode, logprobs
 from engine.types import PromptItem
 
 # The conftest miniature has head size 8, which vLLM's CPU attention does not support (32 is its smallest).
-VLLM_SPEC_OVERRIDES = dict(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128)
 PARITY_TOL = 1e-4
 
 
@@ -73,12 +72,8 @@ def test_a_completion_sampled_under_two_weight_versions_is_refused():
 
 # ---------------------------------------------------------------------- engine fixtures
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from conftest import MINI_SPEC
-    from engine.default_model import BuildSpec, _build_folder, _ensure
-
-    spec = BuildSpec(**{**MINI_SPEC, **VLLM_SPEC_OVERRIDES})
-    return _ensure(tmp_path_factory.mktemp("vllm-models"), "tiny-math", spec, 0, lambda s: None, _build_folder)
+def model_dir(vllm_model_dir):
+    return vllm_model_dir
 
 
 @pytest.fixture(scope="module")
