@@ -1,4 +1,5 @@
-"""The `cadence` command: `cadence train RECIPE [k=v ...]`, `cadence eval ...`, `cadence build-default`."""
+"""The `cadence` command: `cadence train RECIPE [k=v ...]`, `cadence eval ...`, `cadence build-default`,
+`cadence bench <benchmark> ...`, `cadence compare A.json B.json ... --out DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def run_eval(args: argparse.Namespace) -> int:
     items = prompt_items(heldout, tokenizer, data_cfg)
     engine = build_rollout_engine("native", model, tokenizer, backend.device())
     result = evaluate(engine, items, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                      load_reward_fn(RewardConfig().function),
+                      load_reward_fn(RewardConfig().functions[0]),
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       stop_token_ids=stop_token_ids(tokenizer, load_generation_config(folder, model)),
                       stop_strings=tuple(args.stop))
@@ -64,9 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         from engine.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] in (["bench"], ["compare"]):  # benchmarks parse their own arguments (engine/bench/)
+        from engine.bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:] if argv[0] == "bench" else argv)
     parser = argparse.ArgumentParser(prog="cadence", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="run a recipe: cadence train RECIPE [key=value ...]")
+    sub.add_parser("bench", help="benchmarks: cadence bench e2e RECIPE --out report.json, or another (engine/bench/)")
+    sub.add_parser("compare", help="compare e2e bench reports: cadence compare A.json B.json ... --out DIR")
     _eval_parser(sub)
     build = sub.add_parser("build-default", help="build (or reuse) the embedded tiny model")
     build.add_argument("--cache-dir", default=".cache/cadence")

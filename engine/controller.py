@@ -15,6 +15,7 @@ and one optimizer step per iteration, and the trainer rejects a group of any oth
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections import deque
@@ -94,19 +95,6 @@ def in_prompt_order(groups: Iterable[RolloutGroup], prompts: Sequence[PromptItem
         raise RuntimeError(f"rollout ended without the groups of prompts {order} (or with unexpected {list(early)})")
 
 
-def chunks(groups: Iterator[RolloutGroup], size: int) -> Iterator[list[RolloutGroup]]:
-    """Consecutive lists of `size` groups (the last may be shorter), each handed over once it is full: a
-    PPO mini-batch steps as soon as its groups have arrived."""
-    chunk: list[RolloutGroup] = []
-    for group in groups:
-        chunk.append(group)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def mean_metrics(steps: Sequence[dict[str, float]]) -> dict[str, float]:
     """The iteration's update metrics: the mean over its optimizer steps (the max for logprob_diff_max)."""
     if not steps:
@@ -120,10 +108,12 @@ def mean_metrics(steps: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     rewards = torch.cat([g.rewards_G for g in groups])
+    scores = torch.cat([g.scores_G for g in groups])  # the correctness function's, before weights and shaping
     lengths = [len(c.token_ids) for g in groups for c in g.completions]
     extracted = [e for g in groups for e in g.extracted]
     truncated = sum(not c.finished for g in groups for c in g.completions)
-    return {M.REWARD_MEAN: rewards.mean().item(), M.ACCURACY: (rewards > 0.5).float().mean().item(),
+    return {M.REWARD_MEAN: rewards.mean().item(), M.ACCURACY: (scores > 0.5).float().mean().item(),
+            M.REWARD_TIMEOUTS: float(sum(g.reward_timeouts for g in groups)),
             M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths),
             M.TRUNCATED_FRAC: truncated / len(lengths)}
 
@@ -203,12 +193,12 @@ class Controller:
             arrivals = iter(list(arrivals))
         size = self.cfg.rollout.prompts_per_iteration // self.cfg.algorithm.ppo_mini_batches
         groups: list[RolloutGroup] = []
-        steps = []
-        for mini_batch in chunks(arrivals, size):
-            steps.append(self._update(mini_batch))
+        steps: list[dict[str, float]] = []
+        while mini_batch := self._update(itertools.islice(arrivals, size), steps):
             groups.extend(mini_batch)
         for _ in range(self.cfg.algorithm.ppo_epochs - 1):
-            steps += [self._update(mini_batch) for mini_batch in chunks(iter(groups), size)]
+            for start in range(0, len(groups), size):
+                self._update(iter(groups[start:start + size]), steps)
         return groups, mean_metrics(steps)
 
     def _check_logprob_agreement(self, k: int, step_metrics: dict[str, float]) -> None:
@@ -219,13 +209,18 @@ class Controller:
                   f"{limit:g}: the rollout engine samples from a different distribution than the trainer trains "
                   f"(consider algorithm.rollout_is)", file=sys.stderr)
 
-    def _update(self, mini_batch: list[RolloutGroup]) -> dict[str, float]:
-        """Forward/backward micro-batch by micro-batch, then one optimizer step."""
+    def _update(self, mini_batch: Iterator[RolloutGroup], steps: list[dict[str, float]]) -> list[RolloutGroup]:
+        """Forward/backward on each micro-batch of `mini_batch` as soon as its groups arrive, then one optimizer
+        step (appended to `steps`); return the mini-batch's groups (none: the arrivals are over)."""
+        taken: list[RolloutGroup] = []
         for batch in micro_batches(mini_batch, self.cfg.optim.micro_batch_size):
             with self.timer.stage("train"):
                 self.trainer.accumulate(batch)
-        with self.timer.stage("step"):
-            return self.trainer.step_mini_batch()
+            taken.extend(batch)
+        if taken:
+            with self.timer.stage("step"):
+                steps.append(self.trainer.step_mini_batch())
+        return taken
 
     def _groups(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         """Scored groups with their advantages, as they arrive. DAPO dynamic sampling: a group whose G rewards

@@ -112,10 +112,12 @@ def ensure_default_model(cache_dir: str | Path, name: str = DEFAULT_NAME, *, see
 
 
 def resolve_model_path(path: str, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
-    """Map `model.path` to a model folder: `embedded://<name>` is built on demand; anything else must be an
-    existing folder with a config.json (FileNotFoundError otherwise)."""
+    """Map `model.path` to a model folder: `embedded://<name>` and `random://<preset>` are built on demand;
+    anything else must be an existing folder with a config.json (FileNotFoundError otherwise)."""
     if path.startswith(EMBEDDED_URI_PREFIX):
         return ensure_default_model(cache_dir, path[len(EMBEDDED_URI_PREFIX):], log=log)
+    if path.startswith(RANDOM_URI_PREFIX):
+        return ensure_random_model(cache_dir, path[len(RANDOM_URI_PREFIX):], log=log)
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"model.path: folder {folder} does not exist")
@@ -331,3 +333,165 @@ def _lr_factor(step: int, spec: BuildSpec) -> float:
         return (step + 1) / spec.warmup_steps
     progress = (step - spec.warmup_steps) / max(1, spec.sft_steps - spec.warmup_steps)
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------ random://: benchmark models
+#
+# `random://<preset>` names a randomly initialised Qwen2 of a published shape, built once into
+# `<cache_dir>/random-<preset>` (no hub, no training), for throughput benchmarks (engine/bench/e2e.py): its
+# outputs are noise, but a step costs what the real model's does. The tokenizer is the embedded model's
+# (`build_tokenizer`), padded with filler tokens to the preset's vocabulary so that every id the model can
+# sample decodes; fillers are never produced by encoding (the BPE applies merges only), so prompts encode
+# exactly as with the embedded tokenizer. The chat template also renders a system turn, which is how a
+# recipe makes prompts of a realistic length (data.prompt_format=chat, data.system_prompt).
+#
+# Response lengths. A random model almost never samples its stop token (about 1 / vocabulary per step), so
+# every response would run to rollout.max_new_tokens. `_plant_stop_hazard` sets a few weights so that eos has
+# probability ~`eos_probability` at every position and the other tokens stay near-uniform: lengths are then
+# geometric with mean ~1 / eos_probability, cut at max_new_tokens (the long tail of real RL rollouts, where a
+# GRPO group waits for its longest sample).
+
+RANDOM_URI_PREFIX = "random://"
+RANDOM_BUILD_VERSION = 1  # bump whenever the random build changes what it produces
+RANDOM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}Question: {{ message['content'] }}\nAnswer:{% endif %}{% endfor %}"
+)
+_CARRIER = 500.0  # value of hidden dimension 0 in every token's embedding: dominates the residual stream's norm
+_COMMON_OFFSET = 1.0  # what the carrier adds to every logit (softmax ignores it; kept small for bfloat16)
+
+
+@dataclass(frozen=True, slots=True)
+class RandomSpec:
+    """Shape of a random Qwen2 (field names as in Qwen2Config) and its per-token stop probability."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_positions: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    dtype: str  # dtype of the saved weights (the engine loads masters in float32 whatever this is)
+    eos_probability: float  # P(next token = eos) at every position
+
+
+RANDOM_PRESETS = {
+    # The shapes of Qwen2.5-0.5B's config.json (494,032,768 parameters, embeddings tied, bfloat16 weights).
+    # Mean response ~185 tokens at max_new_tokens 512 (1/200 per step; 7.7% reach 512).
+    "qwen2-0.5b": RandomSpec(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
+                             num_heads=14, num_kv_heads=2, max_positions=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                             tie_word_embeddings=True, dtype="bfloat16", eos_probability=1 / 200),
+    # A CPU miniature of the same family (164,416 parameters), for tests and recipes/bench_e2e_cpu.yaml.
+    "qwen2-tiny": RandomSpec(vocab_size=1024, hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4,
+                             num_kv_heads=2, max_positions=2048, rope_theta=1e4, rms_norm_eps=1e-6,
+                             tie_word_embeddings=True, dtype="float32", eos_probability=1 / 16),
+}
+
+
+def ensure_random_model(cache_dir: str | Path, preset: str, *, seed: int = 0,
+                        log: Callable[[str], None] = print) -> Path:
+    """Return `<cache_dir>/random-<preset>`, building it first unless its stamp (preset, seed, version) matches."""
+    if preset not in RANDOM_PRESETS:
+        raise ValueError(f"model.path: unknown random model {preset!r}; allowed: "
+                         f"{', '.join(RANDOM_URI_PREFIX + name for name in RANDOM_PRESETS)}")
+    return _ensure(Path(cache_dir), f"random-{preset}", _RandomBuild(RANDOM_PRESETS[preset]), seed, log,
+                   _build_random_folder)
+
+
+@dataclass(frozen=True, slots=True)
+class _RandomBuild:
+    """What the stamp of a random folder records (`_stamp` takes a dataclass): the spec and the build version."""
+
+    spec: RandomSpec
+    random_build_version: int = RANDOM_BUILD_VERSION
+
+
+def _build_random_folder(folder: Path, build: _RandomBuild, seed: int, log: Callable[[str], None]) -> None:
+    spec = build.spec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = padded_tokenizer(spec.vocab_size, spec.max_positions, seed)
+        model = random_model(spec, tokenizer)
+    model.to(getattr(torch, spec.dtype)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _check_tokenizer_reload(folder, tokenizer, seed)
+    log(f"  random Qwen2: {sum(p.numel() for p in model.parameters()):,} parameters, {spec.dtype}")
+
+
+def padded_tokenizer(vocab_size: int, max_positions: int, seed: int) -> PreTrainedTokenizerFast:
+    """The embedded model's tokenizer with filler tokens appended up to `vocab_size` ids. A filler is a
+    lower-case word (" bcd", " bce", ...) not already in the vocabulary, so sampled ids decode to word-like text."""
+    base = build_tokenizer(BuildSpec(max_positions=max_positions), seed)
+    trained = json.loads(base.backend_tokenizer.to_str())["model"]
+    vocab = dict(trained["vocab"])
+    if len(vocab) > vocab_size:
+        raise ValueError(f"random model: vocab_size {vocab_size} is below the tokenizer's {len(vocab)} tokens")
+    n = 26 ** 2  # start at three-letter words
+    while len(vocab) < vocab_size:
+        word = "\u0120" + _letters(n)  # byte-level BPE spells a leading space as U+0120
+        n += 1
+        if word not in vocab:
+            vocab[word] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in trained["merges"]], eos_token=EOS_TOKEN,
+                               pad_token=PAD_TOKEN, unk_token=None, model_max_length=max_positions)
+    tokenizer.chat_template = RANDOM_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _letters(n: int) -> str:
+    """n written in base 26 with digits a..z (0 -> "a")."""
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out = chr(ord("a") + r) + out
+        if n == 0:
+            return out
+
+
+def random_config(spec: RandomSpec, eos_id: int, pad_id: int) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_positions, rope_theta=spec.rope_theta, rms_norm_eps=spec.rms_norm_eps,
+        tie_word_embeddings=spec.tie_word_embeddings, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None,
+        dtype=spec.dtype,
+    )
+
+
+def random_model(spec: RandomSpec, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    """A float32 Qwen2 of `spec`'s shape, transformers' own random initialisation, then `_plant_stop_hazard`."""
+    model = Qwen2ForCausalLM(random_config(spec, tokenizer.eos_token_id, tokenizer.pad_token_id)).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    _plant_stop_hazard(model, tokenizer.eos_token_id, spec.eos_probability)
+    return model
+
+
+@torch.no_grad()
+def _plant_stop_hazard(model: Qwen2ForCausalLM, eos_id: int, probability: float) -> None:
+    """Make eos the next token with probability ~`probability` at every position.
+
+    Hidden dimension 0 becomes a constant carrier: every token's input embedding holds `_CARRIER` there and
+    no layer writes to it (row 0 of each o_proj and down_proj is zeroed), so it dominates the norm of the
+    residual stream and, after the final RMSNorm, equals ~sqrt(hidden) * w0 at every position. w0 (the final
+    norm's weight 0) is set so that the carrier adds `_COMMON_OFFSET` to every logit through the output head's
+    column 0 (= `_CARRIER`), plus, through the eos row's larger entry there, log(p / (1 - p) * (V - 1)) to the
+    eos logit. The other dimensions are small next to the carrier, so the other logits stay within ~0.1 of
+    each other: P(eos) ~ p and the rest is near-uniform. (With tied embeddings eos's input embedding gets the
+    larger entry too; eos is never an input that a trained logit depends on.)
+    """
+    hidden = model.config.hidden_size
+    vocab = model.config.vocab_size
+    extra = math.log(probability / (1 - probability) * (vocab - 1))
+    model.get_input_embeddings().weight[:, 0] = _CARRIER
+    head = model.get_output_embeddings().weight
+    head[:, 0] = _CARRIER
+    head[eos_id, 0] = _CARRIER * (1 + extra / _COMMON_OFFSET)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight[0, :] = 0.0
+        layer.mlp.down_proj.weight[0, :] = 0.0
+    model.model.norm.weight[0] = _COMMON_OFFSET / (_CARRIER * math.sqrt(hidden))

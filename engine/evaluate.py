@@ -32,7 +32,7 @@ def evaluate(engine: RolloutEngine, items: Sequence[PromptItem], decode: Callabl
     for start in range(0, len(items), batch_size):
         for group in engine.generate(items[start:start + batch_size], params):
             completion = group.completions[0]
-            result = reward_fn(decode(completion.token_ids), group.prompt.reference)
+            result = reward_fn(decode(completion.token_ids), group.prompt.reference, group.prompt.text)
             correct += result.score > 0.5
             no_answer += not result.extracted
             length += len(completion.token_ids)

@@ -1,6 +1,7 @@
 """The unified tri-model: actor (trained), reference (frozen, absent when kl_coef == 0) and reward.
 
-`TriModel.score` turns completions into rewards (rule function by import path); `TriModel.forward` runs the
+`TriModel.score` turns completions into rewards (weighted reward functions by import path, optionally a reward
+model run on the same packed layout as the actor; engine/rewards/composite.py); `TriModel.forward` runs the
 actor (with grad) and the reference (without) on one packed micro-batch and returns per-token log-probs of
 the response tokens. With one optimizer step per iteration the old-policy log-probs are the actor's own,
 detached, so no extra forward pass is made (the PPO ratio is 1 in value, its gradient is the policy gradient).
@@ -20,10 +21,9 @@ from engine.algorithms.overlong import overlong_penalty
 from engine.packing import PackedBatch, pack_expanded, pack_groups
 from engine.precision import Precision, cast_forward
 from engine.rewards import RewardResult
+from engine.rewards.composite import Rewards
 from engine.types import RolloutGroup
 from kernels.shared_prompt_attention import register_with_transformers
-
-RewardFn = Callable[[str, str], RewardResult]
 
 
 @dataclass(slots=True)
@@ -39,12 +39,12 @@ class TokenLogprobs:
 
 
 class TriModel:
-    def __init__(self, actor: torch.nn.Module, reference: torch.nn.Module | None, reward_fn: RewardFn,
+    def __init__(self, actor: torch.nn.Module, reference: torch.nn.Module | None, rewards: Rewards,
                  decode: Callable[[list[int]], str], temperature: float, layout: str, pad_id: int,
                  precision: Precision, overlong: "OverlongPenalty | None" = None):
         self.actor = actor
         self.reference = reference
-        self.reward_fn = reward_fn
+        self.rewards = rewards
         self.decode = decode
         # Log-probs are of the distribution that was sampled from: logits / temperature (greedy counts as 1).
         self.temperature = temperature if temperature > 0 else 1.0
@@ -53,16 +53,27 @@ class TriModel:
         self.precision = precision
         self.overlong = overlong
 
+    @property
+    def reward_fn(self) -> Callable[..., RewardResult]:
+        """The correctness function alone, `(completion, reference, prompt="") -> RewardResult` (held-out eval)."""
+        return self.rewards.functions.correctness
+
     def score(self, group: RolloutGroup) -> None:
-        """Decode the group's completions and fill its rewards and answer-extracted flags."""
+        """Decode the group's completions and fill its scores (correctness function), rewards (weighted functions,
+        + reward model, + overlong penalty), answer-extracted flags and reward-timeout count."""
         group.texts = [self.decode(c.token_ids) for c in group.completions]
-        results = [self.reward_fn(text, group.prompt.reference) for text in group.texts]
-        group.scores_G = torch.tensor([r.score for r in results], dtype=torch.float32)
-        group.rewards_G = group.scores_G
+        scored = self.rewards.functions.score_group(group.texts, group.prompt.reference, group.prompt.text)
+        rewards_G = scored.weighted_G
+        reward_model = self.rewards.model
+        if reward_model is not None:  # on the actor's packed layout: the prompt once for its G responses
+            items = [(group.prompt.prompt_ids, [c.token_ids for c in group.completions])]
+            model_G = reward_model.score(self._pack([group]), items).to("cpu", rewards_G.dtype)
+            rewards_G = rewards_G + reward_model.weight * model_G
         if self.overlong is not None:
             lengths_G = torch.tensor([len(c.token_ids) for c in group.completions])
-            group.rewards_G = group.scores_G + overlong_penalty(lengths_G, *self.overlong)
-        group.extracted = [r.extracted for r in results]
+            rewards_G = rewards_G + overlong_penalty(lengths_G, *self.overlong)
+        group.scores_G, group.rewards_G = scored.correct_G, rewards_G
+        group.extracted, group.reward_timeouts = scored.extracted, scored.timeouts
 
     def forward(self, groups: Sequence[RolloutGroup], device: torch.device) -> TokenLogprobs:
         """Actor and reference log-probs of every response token of `groups`, packed in one layout."""

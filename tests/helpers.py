@@ -6,10 +6,10 @@ import math
 import torch
 from torch import nn
 
-from engine.config import AlgorithmConfig, ModelConfig, OptimConfig
+from engine.config import AlgorithmConfig, ModelConfig, OptimConfig, RewardConfig
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
 from engine.precision import Precision, resolve_precision
-from engine.rewards import load_reward_fn
+from engine.rewards.composite import build_rewards
 from engine.trainer import Trainer
 from engine.trimodel import TriModel, use_shared_prompt_attention
 from engine.types import Completion, PromptItem, RolloutGroup
@@ -29,7 +29,7 @@ def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0,
         use_shared_prompt_attention(actor, "portable")
     algo = algo or AlgorithmConfig(kl_coef=kl_coef)
     reference = frozen_copy(actor, precision.compute) if algo.kl_coef > 0 else None
-    trimodel = TriModel(actor, reference, load_reward_fn("engine.rewards.gsm8k:gsm8k_reward"),
+    trimodel = TriModel(actor, reference, build_rewards(RewardConfig()),
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         temperature=1.0, layout=layout, pad_id=tokenizer.pad_token_id, precision=precision)
     return Trainer(trimodel, algo, optim or OptimConfig(lr=1e-3), torch.device("cpu"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.config import AlgorithmConfig, OptimConfig
-from engine.controller import chunks, mean_metrics
+from engine.controller import mean_metrics
 from engine.train import run
 from engine.types import Completion
 from helpers import make_trainer, random_groups
@@ -50,7 +50,7 @@ def test_mini_batches_clip_and_match_a_plain_ppo_loss(tiny_model_dir):
                            dtype="float64", norms_in_model_dtype=True)  # all-float64: exact comparisons
     groups = _with_rollout_logprobs(trainer, random_groups(8, 4, 256, seed=5))
     steps = []
-    for mini in chunks(iter(groups), 2):
+    for mini in (groups[i:i + 2] for i in range(0, len(groups), 2)):
         advs = [(g.rewards_G - g.rewards_G.mean()) / (g.rewards_G.std(unbiased=False) + 1e-6) for g in mini]
         trainer.accumulate(mini)
         expected = _reference_loss(trainer.trimodel.actor, mini, advs, 0.2, 0.28)

@@ -26,9 +26,9 @@ import sys
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from engine.config import AlgorithmConfig, OptimConfig
+from engine.config import AlgorithmConfig, OptimConfig, RewardConfig
 from engine.precision import Precision
-from engine.rewards import RewardResult
+from engine.rewards.composite import build_rewards
 from engine.trainer import Trainer
 from engine.trimodel import TriModel, use_shared_prompt_attention
 from engine.types import Completion, PromptItem, RolloutGroup
@@ -84,7 +84,7 @@ def train(args: argparse.Namespace, actor: Qwen2ForCausalLM, precision: Precisio
     """The run's parameter update (final - initial), flattened, float32; `actor` is trained in place."""
     actor.to(precision.master)
     start = torch.cat([p.detach().float().flatten() for p in actor.parameters()])
-    trimodel = TriModel(actor, None, lambda text, ref: RewardResult(0.0, False), decode=lambda ids: "",
+    trimodel = TriModel(actor, None, build_rewards(RewardConfig()), decode=lambda ids: "",
                         temperature=1.0, layout=args.layout, pad_id=0, precision=precision)
     trainer = Trainer(trimodel, AlgorithmConfig(), OptimConfig(lr=args.lr, grad_clip=0.0), torch.device("cpu"))
     for k in range(args.iterations):

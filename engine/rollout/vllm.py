@@ -295,9 +295,15 @@ def _start_engine(model_dir: str, options: VllmOptions):
     in this process."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if options.multiprocess else "0"  # vLLM reads it here
     from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
     from vllm.v1.engine.llm_engine import LLMEngine
 
+    # A chunked prefill discards the partial step's sampled token and rewinds the request's seeded generator
+    # by an offset, which CPU generators do not have (vLLM 0.32: "CPU Generator does not use offset"): on the
+    # CPU, prompts are prefilled whole so per-request seeds keep working.
+    chunked = None if not current_platform.is_cpu() else False
     args = EngineArgs(
+        enable_chunked_prefill=chunked,
         model=model_dir, dtype=options.dtype, trust_remote_code=options.trust_remote_code, seed=options.seed,
         tensor_parallel_size=options.tensor_parallel_size,
         gpu_memory_utilization=options.gpu_memory_utilization, kv_cache_memory_bytes=options.kv_cache_memory_bytes,

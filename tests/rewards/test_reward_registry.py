@@ -49,7 +49,7 @@ def reward_module(tmp_path, monkeypatch):
 
 
 def test_default_path_loads_gsm8k_with_extraction():
-    scorer = load_reward_fn(RewardConfig().function)
+    scorer = load_reward_fn(RewardConfig().functions[0])
     assert isinstance(scorer, Scorer)
     assert scorer("#### 1,000", "1000") == RewardResult(score=1.0, extracted=True)
     assert scorer("no answer", "1000") == RewardResult(score=0.0, extracted=False)
