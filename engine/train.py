@@ -91,5 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Exit with `code`. A torchrun rank skips the interpreter's teardown once its process group is gone:
+    gloo's threads can abort it ("terminate called without an active exception" seen on CPU), turning a
+    finished run into a failed launch."""
+    from engine.parallel.dist import launched_by_torchrun
+
+    if not launched_by_torchrun():
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
