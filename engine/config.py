@@ -101,6 +101,10 @@ class VllmConfig:
     enforce_eager: bool = True  # false: compiled graphs (slow start, faster decode on GPUs)
     max_model_len: int = 0  # prompt + response tokens; 0 = the model's max_position_embeddings
     multiprocess: bool = False  # vLLM's engine in its own process (forced by pipeline.placement=split and TP > 1)
+    # Devices ("6,7": vLLM's GPUs/NPUs on this node) or, on the CPU, cores ("0-1") for vLLM's processes;
+    # "" = vLLM's default. E.g. 6 + 2 on 8 GPUs: torchrun --nproc-per-node 6 ... rollout.engine=vllm
+    # rollout.vllm.devices=6,7 rollout.vllm.tensor_parallel_size=2
+    devices: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,16 @@ def test_recipe_and_overrides_merge_into_typed_sections(tmp_path):
     ("model: [1, 2\n", [], r"r\.yaml: not valid YAML"),
     ("model:\n  path: /m\n", ["rollout.max_batch_sequences=4"], r"rollout\.max_batch_sequences: must be >= "
      r"rollout\.group_size \(8\)"),
+    ("model:\n  path: /m\n", ["rollout.group_size=1"], r"rollout\.group_size: must be >= 2, got 1"),
+    ("model:\n  path: /m\n", ["rollout.temperature=0"], r"rollout\.temperature: must be > 0 for training"),
+    ("model:\n  path: /m\ndata:\n  path: /d\n", [], r"data\.path: not read by data\.source=synthetic"),
+    ("model:\n  path: /m\n", ["data.source=gsm8k", "data.prompt_key=q"], r"data\.prompt_key: not read by "
+     r"data\.source=gsm8k"),
+    ("model:\n  path: /m\n", ["rollout.vllm.kv_cache_gib=2"], r"rollout\.vllm: only read with rollout\.engine=vllm"),
+    ("model:\n  path: /m\n", ["algorithm.truncated=penalty"], r"algorithm\.overlong_buffer: must be > 0"),
+    ("model:\n  path: /m\n", ["algorithm.policy_loss=gspo"], r"algorithm\.loss_aggregation: GSPO averages"),
+    ("model:\n  path: /m\n", ["algorithm.ppo_mini_batches=3"], r"algorithm\.ppo_mini_batches: 3 must divide"),
+    ("model:\n  path: /m\n", ["model.dtype=int8"], r"model\.dtype: got 'int8'; allowed: auto, float32"),
 ])
 def test_bad_input_fails_with_one_line_naming_source_and_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:

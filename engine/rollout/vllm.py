@@ -95,6 +95,11 @@ class VllmOptions:
     multiprocess: bool = False  # False: engine core and worker in this process (uni executor)
     weights_via_file: bool | None = None  # hand weights over as a safetensors file; None: when multiprocess
     logprobs_mode: str = "raw_logprobs"  # see logprobs_mode_for
+    # Which devices (accelerators: the backend's visible-devices variable, e.g. "6,7") or cores (CPU:
+    # VLLM_CPU_OMP_THREADS_BIND, e.g. "0-1") vLLM's processes get; "" = vLLM's default. Multi-process only:
+    # an in-process engine computes on this process's devices and threads.
+    devices: str = ""
+    devices_env: str = ""  # the variable `devices` is written to, named by the backend
 
 
 def logprobs_mode_for(temperature: float, top_p: float, top_k: int) -> str:
@@ -311,8 +316,32 @@ def _start_engine(model_dir: str, options: VllmOptions):
         enable_prefix_caching=options.enable_prefix_caching, logprobs_mode=options.logprobs_mode,
         distributed_executor_backend="mp" if options.multiprocess else "uni", disable_log_stats=True,
         worker_extension_cls=f"{CadenceWorkerExtension.__module__}.{CadenceWorkerExtension.__qualname__}")
-    with _process_state_kept():
+    with _process_state_kept(), _environment(_device_env(options)):
         return LLMEngine.from_engine_args(args, enable_multiprocessing=options.multiprocess)
+
+
+def _device_env(options: VllmOptions) -> dict[str, str]:
+    if not options.devices:
+        return {}
+    if not options.multiprocess:
+        raise ValueError("rollout.vllm.devices: only a multi-process vLLM engine can be placed on other devices "
+                         "or cores; set rollout.vllm.multiprocess=true")
+    return {options.devices_env or "VLLM_CPU_OMP_THREADS_BIND": options.devices}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ while vLLM starts its processes (they inherit it), then the old values back."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
