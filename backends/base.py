@@ -7,39 +7,6 @@ from typing import Protocol
 import torch
 
 
-class WeightSender(Protocol):
-    """Trainer side of a weight-sync transport (backends/weight_sync.py)."""
-
-    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Publish these values; on return the worker may read them (it is told so by a version message)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class WeightReceiver(Protocol):
-    """Rollout-worker side; picklable, it is handed to the worker process when that is spawned."""
-
-    def open(self) -> None:
-        """Called once in the worker before it reads any message (joins a collective group, if any)."""
-        ...
-
-    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The values of the latest `send`, to be copied into the worker's model before acknowledging."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class WeightSyncTransport(Protocol):
-    name: str  # "shared_memory" | "cuda_ipc" | "nccl_broadcast" | "hccl_broadcast"
-
-    def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                receiver_device: torch.device) -> tuple[WeightSender, WeightReceiver]:
-        """Allocate, once, what syncing tensors of these names, shapes and dtypes needs."""
-        ...
-
-
 class Backend(Protocol):
     name: str  # "cpu" | "cuda" | "ascend"
     device_type: str  # torch device type: "cpu" | "cuda" | "npu"
@@ -83,9 +50,11 @@ class Backend(Protocol):
         the first device after this node's `trainer_devices` trainer ranks when there is one."""
         ...
 
-    def weight_sync_transport(self, rollout_device: torch.device) -> WeightSyncTransport:
+    def weight_sync_method(self, rollout_device: torch.device) -> str:
         """How weights reach a rollout worker in another process (pipeline.placement=split), from the trainer's
-        device to `rollout_device`."""
+        device to `rollout_device`: "shared_memory" (host buffers), "device_ipc" (buffers on the trainer's
+        device that the worker maps), or "collective" (a broadcast over `collective_backend`). The transports
+        themselves live in engine/rollout/weight_sync.py: they need no vendor API beyond these names."""
         ...
 
     def rng_state(self) -> dict:

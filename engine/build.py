@@ -21,8 +21,9 @@ from engine.parallel.fsdp import LOCAL_GRAD_SYNC, FsdpGradSync, shard_actor
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
-from engine.pipeline.remote import RemoteRolloutEngine
-from engine.pipeline.worker import WorkerSpec
+from engine.rollout.remote import RemoteRolloutEngine
+from engine.rollout.weight_sync import make_transport
+from engine.rollout.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.trainer import Trainer
@@ -169,6 +170,6 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                       device=str(rollout_device), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
                       max_batch_sequences=cfg.rollout.max_batch_sequences,
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-    return RemoteRolloutEngine(spec, backend.weight_sync_transport(rollout_device),
+    return RemoteRolloutEngine(spec, make_transport(backend, rollout_device),
                                weight_specs(trainer.trimodel.actor.named_parameters(), precision),
                                sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)

@@ -82,7 +82,8 @@ def test_rollout_metrics_report_the_share_of_truncated_responses():
     def group(index: int, finished: list[bool]) -> RolloutGroup:
         completions = [Completion([5, 6], [0.0, 0.0], f) for f in finished]
         g = RolloutGroup(PromptItem(index, [1, 2], "3"), completions, version=0)
-        g.rewards_G, g.extracted = torch.zeros(len(finished)), [True] * len(finished)
+        g.rewards_G = g.scores_G = torch.zeros(len(finished))
+        g.extracted = [True] * len(finished)
         return g
 
     metrics = rollout_metrics([group(0, [True, False, True, True]), group(1, [False, False, True, True])])

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from backends.base import PeakTable, peak_from_table
-from backends.weight_sync import CollectiveBroadcastTransport
 
 # Peak dense TFLOP/s of one NPU as torch_npu counts devices, used when CANN's platform config of the SoC (read
 # first: `platform_config_peak`) is not found. Huawei publishes no per-SKU datasheet figure for the 910B
@@ -121,17 +120,17 @@ class AscendBackend:
                                f"{self.visible_devices_env}")
         return self.device(index)
 
-    def weight_sync_transport(self, rollout_device: torch.device | None = None) -> CollectiveBroadcastTransport:
-        """HCCL broadcast from the trainer's NPU to the rollout worker's (another NPU). Unverified: written to
-        torch.distributed's documented API with torch_npu's "hccl" backend, never run on an NPU here.
-        A torchrun rank already has its default process group, so the broadcast's own group cannot be made:
-        under torchrun the rollout is colocated on rank 0 on Ascend for now."""
+    def weight_sync_method(self, rollout_device: torch.device | None = None) -> str:
+        """"collective": an HCCL broadcast from the trainer's NPU to the rollout worker's (another NPU).
+        Unverified: written to torch.distributed's documented API with torch_npu's "hccl" backend, never run
+        on an NPU here. A torchrun rank already has its default process group, so the broadcast's own group
+        cannot be made: under torchrun the rollout is colocated on rank 0 on Ascend for now."""
         import torch.distributed as dist
 
         if dist.is_initialized():
             raise RuntimeError("pipeline.placement=split under torchrun is not supported on Ascend yet (the HCCL "
                                "weight broadcast needs a process group of its own); use pipeline.placement=colocated")
-        return CollectiveBroadcastTransport("hccl", f"{self.device_type}:0")
+        return "collective"
 
     def rng_state(self) -> dict:
         return {"npu": _torch_npu().get_rng_state_all()}

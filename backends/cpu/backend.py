@@ -6,7 +6,6 @@ import resource
 
 import torch
 
-from backends.weight_sync import SharedBufferTransport
 
 
 class CpuBackend:
@@ -50,9 +49,9 @@ class CpuBackend:
     def rollout_device(self, index: int = -1, trainer_devices: int = 1) -> torch.device:
         return self.device()  # the split is by cores: pipeline.rollout_threads / trainer_threads
 
-    def weight_sync_transport(self, rollout_device: torch.device | None = None) -> SharedBufferTransport:
+    def weight_sync_method(self, rollout_device: torch.device | None = None) -> str:
         """Shared-memory buffers, allocated once, copied into in place at each sync."""
-        return SharedBufferTransport("shared_memory", self.device(), self.synchronize)
+        return "shared_memory"
 
     def rng_state(self) -> dict:
         return {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from backends.base import PeakTable, peak_from_table
-from backends.weight_sync import CollectiveBroadcastTransport, SharedBufferTransport
 
 # Peak dense TFLOP/s (no 2:4 sparsity) from NVIDIA's datasheets, matched against torch's device name. bf16/fp16:
 # tensor cores with float32 accumulation (what torch's matmuls use); fp32: the non-tensor FP32 figure, since
@@ -94,22 +93,15 @@ class CudaBackend:
                              f"({self.visible_devices_env})")
         return self.device(index)
 
-    def weight_sync_transport(self, rollout_device: torch.device | None = None,
-                              method: str = "auto") -> CollectiveBroadcastTransport | SharedBufferTransport:
-        """"nccl": a broadcast from the trainer's GPU to the rollout worker's (NCCL needs two GPUs);
-        "ipc": CUDA IPC buffers on the trainer's GPU that the worker reads from (same node, any GPU);
-        "auto": nccl when the worker has a GPU of its own and this process has no process group yet (a
-        torchrun rank already has one, and a process has only one default group), else ipc."""
-        if method == "auto":
-            import torch.distributed as dist
+    def weight_sync_method(self, rollout_device: torch.device | None = None) -> str:
+        """"collective": an NCCL broadcast from the trainer's GPU to the rollout worker's (NCCL needs two GPUs),
+        when the worker has a GPU of its own and this process has no process group yet (a torchrun rank
+        already has one, and a process has only one default group); else "device_ipc": CUDA IPC buffers on
+        the trainer's GPU that the worker reads from (same node, any GPU)."""
+        import torch.distributed as dist
 
-            own_gpu = (rollout_device or self.rollout_device()) != self.device()
-            method = "nccl" if own_gpu and not dist.is_initialized() else "ipc"
-        if method == "nccl":
-            return CollectiveBroadcastTransport("nccl", str(self.device()))
-        if method == "ipc":
-            return SharedBufferTransport("cuda_ipc", self.device(), self.synchronize)
-        raise ValueError(f"unknown CUDA weight-sync method {method!r}; allowed: auto, nccl, ipc")
+        own_gpu = (rollout_device or self.rollout_device()) != self.device()
+        return "collective" if own_gpu and not dist.is_initialized() else "device_ipc"
 
     def rng_state(self) -> dict:
         return {"cuda": torch.cuda.get_rng_state_all()}

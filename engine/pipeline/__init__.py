@@ -1,3 +1,3 @@
-"""The periodically asynchronous pipeline (docs/pipeline.md): a rollout worker process behind the
-RolloutEngine protocol (remote.py, worker.py, messages.py) and the per-iteration overlap metrics (timeline.py).
-The schedule itself is `Controller._rollout_and_train`."""
+"""The periodically asynchronous pipeline's measurements (docs/pipeline.md): per-iteration overlap metrics and
+the timeline (timeline.py). The rollout side itself (worker process, messages, weight-sync transports) lives
+in engine/rollout/; the schedule is `Controller._rollout_and_train`."""

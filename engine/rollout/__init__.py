@@ -1,5 +1,8 @@
 """Rollout engines: the RolloutEngine interface (base.py) and the factory that builds one by name.
 
+The rollout side lives here whole: the engines, the split-placement worker process (worker.py, its messages in
+messages.py, its trainer-side proxy remote.py) and the weight-sync transports (weight_sync.py).
+
 "native" (native.py) generates with the Hugging Face module itself and runs anywhere torch does. "vllm"
 (vllm.py) drives vLLM's engine on the model folder; vllm is imported only there, so `import engine` works
 without it.

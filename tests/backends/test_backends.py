@@ -66,41 +66,6 @@ def test_ascend_backend_with_a_faked_torch_npu(monkeypatch):
     assert calls == [("seed", 5), "sync"]
 
 
-def test_cpu_weight_sync_goes_through_shared_memory_buffers():
-    transport = get_backend("cpu").weight_sync_transport()
-    assert transport.name == "shared_memory"
-    weights = [("w", torch.randn(3, 4)), ("b", torch.randn(4)), ("steps", torch.arange(3))]
-    sender, receiver = transport.connect(weights, torch.device("cpu"))
-    assert all(buffer.is_shared() for buffer in receiver.flat.values())  # one buffer per dtype
-    assert len(receiver.flat) == 2
-    sender.send([(name, t + 1) for name, t in weights])
-    received = dict(receiver.receive())
-    for name, tensor in weights:
-        assert torch.equal(received[name], tensor + 1)
-    with pytest.raises(KeyError, match="'other'"):
-        sender.send([("other", torch.zeros(1))])
-    with pytest.raises(ValueError, match="shape"):
-        sender.send([("b", torch.zeros(5))])
-
-
-def test_accelerator_backends_name_their_weight_sync_transport():
-    """Unverified on hardware: only which transport each backend declares (constructing one touches no device)."""
-    assert CudaBackend().weight_sync_transport(method="nccl").name == "nccl_broadcast"
-    assert CudaBackend().weight_sync_transport(method="ipc").name == "cuda_ipc"
-    with pytest.raises(ValueError, match="allowed: auto, nccl, ipc"):
-        CudaBackend().weight_sync_transport(method="tcp")
-    assert AscendBackend().weight_sync_transport().name == "hccl_broadcast"
-
-
-def test_cuda_weight_sync_auto_picks_nccl_only_when_the_worker_has_its_own_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert CudaBackend().rollout_device() == torch.device("cuda", 0)
-    assert CudaBackend().weight_sync_transport().name == "cuda_ipc"
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert CudaBackend().rollout_device() == torch.device("cuda", 1)
-    assert CudaBackend().weight_sync_transport().name == "nccl_broadcast"
-
-
 def test_placement_names_the_rollout_gpu_after_the_trainer_ranks(monkeypatch):
     """6 + 2 on an 8-GPU node: torchrun --nproc-per-node 6, the rollout worker on local GPU 6 (by default or
     by pipeline.rollout_device); a GPU that is not there is an error naming the key."""
@@ -111,12 +76,3 @@ def test_placement_names_the_rollout_gpu_after_the_trainer_ranks(monkeypatch):
         CudaBackend().rollout_device(8, trainer_devices=6)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert CudaBackend().rollout_device(-1, trainer_devices=1) == torch.device("cuda", 0)  # shared, time-sliced
-
-
-def test_cuda_weight_sync_under_torchrun_uses_ipc(monkeypatch):
-    """A torchrun rank already holds the default process group; the NCCL broadcast would need a second one."""
-    import torch.distributed as dist
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    assert CudaBackend().weight_sync_transport(torch.device("cuda", 6)).name == "cuda_ipc"

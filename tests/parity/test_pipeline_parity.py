@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine import metrics as M
-from engine.pipeline.remote import RemoteRolloutEngine, RolloutWorkerDied
+from engine.rollout.remote import RemoteRolloutEngine, RolloutWorkerDied
 from engine.rollout.native import NativeRolloutEngine
 from engine.train import run
 from engine.trainer import Trainer

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.controller import Controller
-from engine.pipeline.remote import _describe_exit
+from engine.rollout.remote import _describe_exit
 from engine.train import run
 from test_controller import small_config
 

@@ -14,8 +14,9 @@ from transformers import GenerationConfig
 from backends import get_backend
 from engine.config import ModelConfig
 from engine.models import load_causal_lm, load_tokenizer
-from engine.pipeline.remote import RemoteRolloutEngine, RolloutWorkerError, WeightSyncTimeout, WeightVersionError
-from engine.pipeline.worker import WorkerSpec
+from engine.rollout.weight_sync import make_transport
+from engine.rollout.remote import RemoteRolloutEngine, RolloutWorkerError, WeightSyncTimeout, WeightVersionError
+from engine.rollout.worker import WorkerSpec
 from engine.rollout.base import SamplingParams
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import StopStrings, stop_token_ids, token_decoder
@@ -43,7 +44,7 @@ def engine(tiny_model_dir, actor_and_tokenizer):
     # The spec names the run's compute dtype (build_rollout resolves model.dtype=auto before it gets here).
     spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir), dtype="float32"), "portable", "cpu",
                       1, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    engine = RemoteRolloutEngine(spec, get_backend("cpu").weight_sync_transport(), actor.named_parameters(),
+    engine = RemoteRolloutEngine(spec, make_transport(get_backend("cpu"), torch.device("cpu")), actor.named_parameters(),
                                  sync_timeout_s=30.0)
     yield engine
     pid = engine.pid

@@ -334,7 +334,7 @@ def test_build_rollout_engine():
     engine = build_rollout_engine("native", ChainLM(model), tokenizer, CPU)  # the tokenizer's decode: stop strings
     group = next(engine.generate(prompts_of([7]), SamplingParams(n=2, max_new_tokens=5, stop_strings=("<9>",))))
     assert [c.token_ids for c in group.completions] == [[8, 9]] * 2
-    with pytest.raises(NotImplementedError, match="vllm"):
+    with pytest.raises(ValueError, match="build_vllm_engine"):
         build_rollout_engine("vllm", model, SimpleNamespace(eos_token_id=3, pad_token_id=0), CPU)
     with pytest.raises(ValueError, match="native"):
         build_rollout_engine("sglang", model, SimpleNamespace(eos_token_id=3, pad_token_id=0), CPU)

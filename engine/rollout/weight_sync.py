@@ -16,15 +16,61 @@ file descriptor per dtype rather than one per parameter).
 Implementations: `SharedBufferTransport` (CPU shared memory: tested; CUDA IPC: same code, written to the
 documented torch.multiprocessing CUDA-sharing API and unverified here) and `CollectiveBroadcastTransport`
 (NCCL on CUDA, HCCL on Ascend, through torch.distributed: unverified here, no accelerator on the development
-machines). Backends choose one in `weight_sync_transport()`.
+machines). Backends only name the method (`Backend.weight_sync_method`) and their collective library;
+`make_transport` builds the transport. Nothing here calls a vendor API.
 """
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+
+class WeightSender(Protocol):
+    """Trainer side of a weight-sync transport."""
+
+    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Publish these values; on return the worker may read them (it is told so by a version message)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WeightReceiver(Protocol):
+    """Rollout-worker side; picklable, it is handed to the worker process when that is spawned."""
+
+    def open(self) -> None:
+        """Called once in the worker before it reads any message (joins a collective group, if any)."""
+        ...
+
+    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The values of the latest `send`, to be copied into the worker's model before acknowledging."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WeightSyncTransport(Protocol):
+    name: str  # "shared_memory" | "device_ipc" | "<collective>_broadcast"
+
+    def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                receiver_device: torch.device) -> tuple[WeightSender, WeightReceiver]:
+        """Allocate, once, what syncing tensors of these names, shapes and dtypes needs."""
+        ...
+
+
+def make_transport(backend, rollout_device: torch.device) -> WeightSyncTransport:
+    """The transport the backend names for a worker on `rollout_device` (Backend.weight_sync_method)."""
+    method = backend.weight_sync_method(rollout_device)
+    if method in ("shared_memory", "device_ipc"):
+        return SharedBufferTransport(method, backend.device(), backend.synchronize)
+    if method == "collective":
+        # a string, not backend.device(): an accelerator device type may exist only once its backend is imported
+        return CollectiveBroadcastTransport(backend.collective_backend, f"{backend.device_type}:0")
+    raise ValueError(f"{backend.name}: unknown weight-sync method {method!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +179,7 @@ class SharedBufferReceiver:
 
 class CollectiveBroadcastTransport:
     """A two-rank torch.distributed group, trainer = rank 0, worker = rank 1; a sync is one broadcast per dtype
-    of a flat buffer. `collective_backend` is the backend's ("nccl" on CUDA, "hccl" on Ascend); trainer and
+    of a flat buffer. `collective_backend` is the backend's (NCCL on CUDA, HCCL on Ascend); trainer and
     worker must sit on different devices (NCCL refuses two ranks on one GPU).
 
     Unverified in this repository (no accelerator on the development machines); written to the documented
@@ -144,7 +190,7 @@ class CollectiveBroadcastTransport:
     def __init__(self, collective_backend: str, device: str, host: str = "127.0.0.1") -> None:
         self.name = f"{collective_backend}_broadcast"
         self.collective_backend = collective_backend
-        self.device = device  # a string: "npu" is a device type only once torch_npu is imported
+        self.device = device  # a string: see make_transport
         self.host = host
 
     def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],

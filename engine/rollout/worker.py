@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from backends.base import WeightReceiver
+from engine.rollout.weight_sync import WeightReceiver
 from engine.config import ModelConfig
-from engine.pipeline.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
+from engine.rollout.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
                                       Shutdown, WeightsLoaded)
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import token_decoder

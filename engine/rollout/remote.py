@@ -1,6 +1,6 @@
 """A RolloutEngine whose generator runs in its own process: the split placement of the pipeline.
 
-    trainer process                                   rollout worker (engine/pipeline/worker.py)
+    trainer process                                   rollout worker (engine/rollout/worker.py)
     load_weights(named, k):
         transport sender.send(named)  ~~~~~~~~~~~~~~>  (shared buffers / collective)
         LoadWeights(k)  ----------------------------->  copy into its model
@@ -34,11 +34,11 @@ from multiprocessing.connection import Connection
 import torch
 import torch.multiprocessing as tmp
 
-from backends.base import WeightReceiver, WeightSender, WeightSyncTransport
+from engine.rollout.weight_sync import WeightReceiver, WeightSender, WeightSyncTransport
 from engine.metrics import Span
-from engine.pipeline.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
+from engine.rollout.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
                                       Shutdown, WeightsLoaded)
-from engine.pipeline.worker import WorkerSpec, worker_main
+from engine.rollout.worker import WorkerSpec, worker_main
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params
 from engine.types import PromptItem, RolloutGroup
