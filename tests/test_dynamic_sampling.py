@@ -7,6 +7,7 @@ import torch
 
 from engine.build import build_components
 from engine.controller import Controller
+from engine.rewards import RewardResult
 from engine.train import run
 from test_controller import small_config
 
@@ -35,8 +36,14 @@ def test_groups_with_equal_rewards_are_dropped_and_replaced(tiny_model_dir, tmp_
     assert controller.sampling["rollout/dropped_groups"] >= 2 and controller.sampling["rollout/sampling_rounds"] >= 2
 
 
+def length_parity_reward(completion: str, reference: str) -> RewardResult:
+    """A reward that varies within a group whatever the model (the miniature rarely answers right)."""
+    return RewardResult(float(len(completion) % 2), True)
+
+
 def test_a_run_with_dynamic_sampling_logs_what_it_dropped(tiny_model_dir, tmp_path):
     run(small_config(tiny_model_dir, tmp_path, **{"algorithm.dynamic_sampling": "true", "run.iterations": 2,
-                                                   "optim.lr": 1e-3}))
+                                                   "optim.lr": 1e-3, "algorithm.max_sampling_rounds": 6,
+                                                   "reward.function": "test_dynamic_sampling:length_parity_reward"}))
     line = json.loads((tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "rollout/dropped_groups" in line and line["rollout/sampling_rounds"] >= 1
