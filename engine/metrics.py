@@ -88,6 +88,19 @@ class Span(NamedTuple):
     end_s: float
 
 
+ENGINE_SPAN_MERGE_GAP_S = 1e-3  # busy intervals closer than this are one span (the worker's send between groups)
+
+
+def append_engine_span(spans, stage: str, start: float, end: float) -> None:
+    """Record a rollout engine's busy interval (lane "rollout"), extending the previous span of the same stage
+    when the gap between them is below ENGINE_SPAN_MERGE_GAP_S."""
+    last = spans[-1] if spans else None
+    if last is not None and last.stage == stage and start - last.end_s < ENGINE_SPAN_MERGE_GAP_S:
+        spans[-1] = last._replace(end_s=end)
+    else:
+        spans.append(Span("rollout", stage, start, end))
+
+
 class StageTimer:
     """Accumulates wall-clock seconds per named stage within one iteration.
 

@@ -48,10 +48,8 @@ def test_a_run_writes_its_folder(tiny_model_dir, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "reward_curve.png").is_file()
 
 
-def test_a_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path, monkeypatch):
-    run(small_config(tiny_model_dir, tmp_path / "a"))
-    uninterrupted = final_weights(tmp_path / "a")
-
+def kill_in_third_iteration_then_resume(model_dir, out, monkeypatch, **extra) -> None:
+    """A 3-iteration run in `out` killed in its third iteration, then resumed to the end."""
     original = Controller.iteration
 
     def dies_in_third_iteration(self, k):
@@ -61,9 +59,15 @@ def test_a_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path, m
 
     monkeypatch.setattr(Controller, "iteration", dies_in_third_iteration)
     with pytest.raises(KeyboardInterrupt):
-        run(small_config(tiny_model_dir, tmp_path / "b"))
+        run(small_config(model_dir, out, **extra))
     monkeypatch.setattr(Controller, "iteration", original)
-    run(small_config(tiny_model_dir, tmp_path / "b", **{"run.resume": "true"}))
+    run(small_config(model_dir, out, **extra, **{"run.resume": "true"}))
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path, monkeypatch):
+    run(small_config(tiny_model_dir, tmp_path / "a"))
+    uninterrupted = final_weights(tmp_path / "a")
+    kill_in_third_iteration_then_resume(tiny_model_dir, tmp_path / "b", monkeypatch)
     resumed = final_weights(tmp_path / "b")
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from engine.precision import Precision, cast_forward, resolve_precision
 from engine.train import run
 from helpers import make_trainer, random_groups
-from test_controller import final_weights, small_config
+from test_controller import final_weights, kill_in_third_iteration_then_resume, small_config
 
 
 @pytest.mark.parametrize("dtype, backend, compute", [("auto", "cpu", torch.float32), ("auto", "cuda", torch.bfloat16),
@@ -61,8 +61,6 @@ def test_float16_trains_with_dynamic_loss_scaling(tiny_model_dir):
 
 
 def test_bf16_checkpoint_exports_bf16_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
-    from engine.controller import Controller
-
     bf16 = {"model.dtype": "bfloat16"}
     run(small_config(tiny_model_dir, tmp_path / "a", **bf16))
     exported = final_weights(tmp_path / "a")
@@ -71,18 +69,7 @@ def test_bf16_checkpoint_exports_bf16_and_resumes_exactly(tiny_model_dir, tmp_pa
                            weights_only=False)["trainer"]["masters"]
     assert all(t.dtype == torch.float32 for t in masters_a.values())
 
-    original = Controller.iteration
-
-    def dies_in_third_iteration(self, k):
-        if k == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, k)
-
-    monkeypatch.setattr(Controller, "iteration", dies_in_third_iteration)
-    with pytest.raises(KeyboardInterrupt):
-        run(small_config(tiny_model_dir, tmp_path / "b", **bf16))
-    monkeypatch.setattr(Controller, "iteration", original)
-    run(small_config(tiny_model_dir, tmp_path / "b", **bf16, **{"run.resume": "true"}))
+    kill_in_third_iteration_then_resume(tiny_model_dir, tmp_path / "b", monkeypatch, **bf16)
     masters_b = torch.load(tmp_path / "b" / "runs" / "t" / "checkpoints" / "iter_000003" / "trainer_state.pt",
                            weights_only=False)["trainer"]["masters"]
     for name, tensor in masters_a.items():  # the float32 masters, not just their bf16 rounding, are equal

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from engine.metrics import Span
+from engine.metrics import Span, append_engine_span
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params, sample_next
 from engine.rollout.stopping import StopStrings
@@ -51,7 +51,6 @@ from engine.types import Completion, PromptItem, RolloutGroup
 # dropping them makes room for a waiting prompt: dropping copies the whole KV cache, so doing it on every
 # stop would cost more than the wasted rows.
 _COMPACT_DEAD_FRACTION = 0.25
-_SPAN_MERGE_GAP_S = 1e-3  # busy intervals closer than this are one span (the worker's send between groups)
 _MAX_SPANS = 10_000  # an engine nobody pops keeps only its latest spans
 _MASK64 = (1 << 64) - 1
 
@@ -289,12 +288,7 @@ class NativeRolloutEngine:
         try:
             yield
         finally:
-            end = time.perf_counter()
-            last = self._spans[-1] if self._spans else None
-            if last is not None and last.stage == stage and start - last.end_s < _SPAN_MERGE_GAP_S:
-                self._spans[-1] = last._replace(end_s=end)
-            else:
-                self._spans.append(Span("rollout", stage, start, end))
+            append_engine_span(self._spans, stage, start, time.perf_counter())
 
 
 def _uniforms(batch: _Batch, params: SamplingParams) -> torch.Tensor | None:

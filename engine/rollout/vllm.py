@@ -66,13 +66,12 @@ from pathlib import Path
 
 import torch
 
-from engine.metrics import Span
+from engine.metrics import Span, append_engine_span
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params
 from engine.types import Completion, PromptItem, RolloutGroup
 
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
-_SPAN_MERGE_GAP_S = 1e-3
 _MAX_SPANS = 10_000
 _MASK64 = (1 << 64) - 1
 _SEED_BITS = (1 << 63) - 1  # vLLM seeds a torch.Generator per request: keep it a non-negative int64
@@ -285,12 +284,7 @@ class VllmRolloutEngine:
         try:
             yield
         finally:
-            end = time.perf_counter()
-            last = self._spans[-1] if self._spans else None
-            if last is not None and last.stage == stage and start - last.end_s < _SPAN_MERGE_GAP_S:
-                self._spans[-1] = last._replace(end_s=end)
-            else:
-                self._spans.append(Span("rollout", stage, start, end))
+            append_engine_span(self._spans, stage, start, time.perf_counter())
 
 
 # ---------------------------------------------------------------------- helpers
