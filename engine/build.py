@@ -16,8 +16,10 @@ from engine.default_model import resolve_model_path
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
 from engine.checkpoint import RunCheckpoints
 from engine.parallel.checkpoint import ShardedCheckpoints, follower_handlers
+from engine.parallel.control import ControlPlane
 from engine.parallel.dist import LOCAL, Collectives, DistEnv
-from engine.parallel.fsdp import LOCAL_GRAD_SYNC, FsdpGradSync, shard_actor
+from engine.parallel.fsdp import LOCAL_GRAD_SYNC, FsdpGradSync
+from engine.parallel.loading import load_sharded_actor, sharded_reference
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
@@ -30,8 +32,10 @@ from engine.trainer import Trainer
 from engine.trimodel import OverlongPenalty, TriModel, use_shared_prompt_attention
 
 
-def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None) -> Components:
-    """Everything rank 0 (or the one process) needs. `env`: this process is rank 0 of a torchrun launch."""
+def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
+                     control: ControlPlane | None = None) -> Components:
+    """Everything rank 0 (or the one process) needs. `env`, `control`: this process is rank 0 of a torchrun
+    launch, and its connection to the other ranks."""
     backend = get_backend(cfg.backend.name)
     split = cfg.pipeline.placement == "split"
     backend.set_threads(cfg.pipeline.trainer_threads if split else cfg.backend.threads)
@@ -41,6 +45,7 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None) -> 
     folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
     tokenizer = load_tokenizer(folder, cfg.model)
     trainer, rollout_model = build_trainer(cfg, backend, device, folder, tokenizer, env)
+    startup_peaks = startup_memory(backend, env)
     train_examples, heldout_examples = load_examples(cfg.data, cfg.eval, cfg.run.seed)
     stream = PromptStream(train_examples, tokenizer, prompt_format=cfg.data.prompt_format,
                           system_prompt=cfg.data.system_prompt, max_prompt_tokens=cfg.data.max_prompt_tokens,
@@ -50,31 +55,38 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None) -> 
     if env is None:
         checkpoints = RunCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
     else:
-        trainer = TrainerGroup(trainer, trainer.comm)
+        trainer = TrainerGroup(trainer, control, env.world_size)
         checkpoints = ShardedCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
     rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer, env)  # last: a worker may start
     stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, rollout_model))  # eos + generation_config
     return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, checkpoints,
-                      world_size=env.world_size if env else 1, stop_token_ids=stop_ids)
+                      world_size=env.world_size if env else 1, stop_token_ids=stop_ids, startup_peak_bytes=startup_peaks)
+
+
+def startup_memory(backend, env: DistEnv | None) -> tuple[int, ...]:
+    """Every rank's peak memory once its models are built (device bytes; on the CPU the process's peak
+    resident set), in rank order on rank 0. Under torchrun a collective: every rank calls it after build_trainer."""
+    peak = int(backend.memory_stats()["peak_allocated"])
+    if env is None:
+        return (peak,)
+    import torch.distributed as dist
+
+    peaks: list = [None] * env.world_size
+    dist.all_gather_object(peaks, peak)
+    return tuple(peaks)
 
 
 def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, tokenizer,
                   env: DistEnv | None) -> tuple[Trainer, torch.nn.Module]:
     """This rank's Trainer, and the module a colocated rollout engine generates with: the actor itself, or
-    a frozen compute-dtype copy under mixed precision or sharding (copied before the actor is sharded)."""
+    a frozen compute-dtype copy under mixed precision or sharding."""
     precision = resolve_precision(cfg.model.dtype, backend.name)
     check_dtype(backend, precision, env)
-    actor = load_causal_lm(folder, cfg.model, device, dtype=precision.master, dropout=cfg.trainer.dropout)
-    if cfg.trainer.layout == "shared":
-        use_shared_prompt_attention(actor, backend.attention_kernel)
-    copy_for_rollout = (cfg.pipeline.placement == "colocated" and cfg.rollout.engine == "native"
-                        and (precision.mixed or env is not None))
-    rollout_model = frozen_copy(actor, precision.compute) if copy_for_rollout else actor
-    # kl_coef 0: no reference at all; else a frozen compute-dtype copy (it never steps)
-    reference = frozen_copy(actor, precision.compute) if cfg.algorithm.kl_coef > 0 else None
-    grad_sync, comm = LOCAL_GRAD_SYNC, LOCAL
-    if env is not None:
-        precision = shard_actor(actor, precision)
+    if env is None:
+        actor, reference, rollout_model = _one_process_models(cfg, backend, device, folder, precision)
+        grad_sync, comm = LOCAL_GRAD_SYNC, LOCAL
+    else:
+        actor, reference, rollout_model, precision = _sharded_models(cfg, backend, device, folder, precision, env)
         grad_sync, comm = FsdpGradSync(actor, env.world_size, device), Collectives(device, env.world_size)
     rewards = build_rewards(cfg.reward, device=device, dtype=precision.compute, tokenizer=tokenizer,
                             attention_kernel=backend.attention_kernel, load_model=env is None or env.is_root)
@@ -82,7 +94,55 @@ def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, toke
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
                         pad_id=tokenizer.pad_token_id, precision=precision, overlong=overlong_of(cfg))
-    return Trainer(trimodel, cfg.algorithm, cfg.optim, device, grad_sync, comm), rollout_model
+    trainer = Trainer(trimodel, cfg.algorithm, cfg.optim, device, grad_sync, comm,
+                      expected_normaliser=expected_normaliser(cfg))
+    return trainer, rollout_model
+
+
+def _attention(cfg: Config, backend):
+    """What a model needs before use: the backend's shared-prompt kernel under the shared layout."""
+    def prepare(model: torch.nn.Module) -> None:
+        if cfg.trainer.layout == "shared":
+            use_shared_prompt_attention(model, backend.attention_kernel)
+    return prepare
+
+
+def _wants_rollout_copy(cfg: Config, precision: Precision, sharded: bool) -> bool:
+    return cfg.pipeline.placement == "colocated" and cfg.rollout.engine == "native" and (precision.mixed or sharded)
+
+
+def _one_process_models(cfg: Config, backend, device, folder: Path, precision: Precision):
+    """(actor, reference or None, the colocated rollout engine's module)."""
+    actor = load_causal_lm(folder, cfg.model, device, dtype=precision.master, dropout=cfg.trainer.dropout)
+    _attention(cfg, backend)(actor)
+    rollout_model = frozen_copy(actor, precision.compute) if _wants_rollout_copy(cfg, precision, False) else actor
+    # kl_coef 0: no reference at all; else a frozen compute-dtype copy (it never steps)
+    reference = frozen_copy(actor, precision.compute) if cfg.algorithm.kl_coef > 0 else None
+    return actor, reference, rollout_model
+
+
+def _sharded_models(cfg: Config, backend, device, folder: Path, precision: Precision, env: DistEnv):
+    """(actor, reference, rollout module or None, precision) under FSDP2: rank 0 reads the weights once and
+    every rank keeps its shards (engine/parallel/loading.py); the reference is sharded like the actor."""
+    prepare = _attention(cfg, backend)
+    actor, sharded, full = load_sharded_actor(folder, cfg.model, device, precision, cfg.trainer.dropout,
+                                              is_root=env.is_root, prepare=prepare)
+    rollout_model = None
+    if full is not None and _wants_rollout_copy(cfg, precision, True):
+        prepare(full)
+        rollout_model = frozen_copy(full, precision.compute).to(device)
+    del full
+    reference = None
+    if cfg.algorithm.kl_coef > 0:
+        reference = sharded_reference(folder, cfg.model, device, actor, precision, prepare)
+    return actor, reference, rollout_model, sharded
+
+
+def expected_normaliser(cfg: Config) -> int:
+    """Sequences (seq_mean) or at most tokens (token_mean) one optimizer step averages over."""
+    r, a = cfg.rollout, cfg.algorithm
+    sequences = r.prompts_per_iteration // a.ppo_mini_batches * r.group_size
+    return sequences * (r.max_new_tokens if a.loss_aggregation == "token_mean" else 1)
 
 
 @dataclasses.dataclass(slots=True)
@@ -90,14 +150,14 @@ class Follower:
     """A torchrun rank > 0: its trainer shard, following rank 0's commands until it says stop."""
 
     trainer: Trainer
-    rank: int
+    control: ControlPlane
     ckpt_root: Path
 
     def run(self) -> None:
-        follow(self.trainer, self.trainer.comm, self.rank, follower_handlers(self.trainer, self.ckpt_root))
+        follow(self.trainer, self.control, follower_handlers(self.trainer, self.ckpt_root))
 
 
-def build_follower(cfg: Config, run_dir: Path, env: DistEnv) -> Follower:
+def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPlane) -> Follower:
     backend = get_backend(cfg.backend.name)
     backend.set_threads(cfg.pipeline.trainer_threads if cfg.pipeline.placement == "split" else cfg.backend.threads)
     backend.seed_all(cfg.run.seed)
@@ -106,7 +166,8 @@ def build_follower(cfg: Config, run_dir: Path, env: DistEnv) -> Follower:
     tokenizer = load_tokenizer(folder, cfg.model)
     cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))  # no rollout copy
     trainer, _ = build_trainer(cfg, backend, device, folder, tokenizer, env)
-    return Follower(trainer, env.rank, run_dir / "checkpoints")
+    startup_memory(backend, env)
+    return Follower(trainer, control, run_dir / "checkpoints")
 
 
 def overlong_of(cfg: Config) -> OverlongPenalty | None:
@@ -145,7 +206,8 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
         tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
         kv_cache_memory_bytes=int(kv_gib * 2**30) or None, enforce_eager=v.enforce_eager,
         max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
-        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices, devices_env=backend.visible_devices_env)
+        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices, devices_env=backend.visible_devices_env,
+        step_timeout_s=r.stall_timeout_s)
     return build_vllm_engine(str(folder), tokenizer, options)
 
 
@@ -172,4 +234,5 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     return RemoteRolloutEngine(spec, make_transport(backend, rollout_device),
                                weight_specs(trainer.trimodel.actor.named_parameters(), precision),
-                               sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout)
+                               sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout,
+                               stall_timeout_s=cfg.rollout.stall_timeout_s)

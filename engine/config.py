@@ -42,6 +42,18 @@ class RunConfig:
 class BackendConfig:
     name: Literal["auto", "cpu", "cuda", "ascend"] = "auto"
     threads: int = 0  # intra-op CPU threads for the trainer; 0 = torch's default
+    # torchrun only: a collective (gloo/nccl/hccl) not complete within this is an error. Ranks enter
+    # collectives only together (commands come over the control plane), so this bounds compute imbalance,
+    # not rollout time.
+    collective_timeout_s: float = 600.0
+    # torchrun only: a rank that has sent nothing, not even a heartbeat (every 2 s), for this long is taken
+    # for dead, and every rank stops (engine/parallel/control.py)
+    peer_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("collective_timeout_s", "peer_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"backend.{name}: must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,9 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)
     # Warn when policy/logprob_diff_max (|trainer - rollout engine| log-prob over sampled tokens) exceeds this.
     logprob_diff_warn: float = 0.5
+    # An engine in another process whose generation has not advanced (no decode step) for this long is taken
+    # for dead: a rollout worker, or a multi-process vLLM step (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).
+    stall_timeout_s: float = 300.0
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self) -> None:
@@ -140,6 +155,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.top_p: must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise ConfigError("rollout.stop: stop strings must be non-empty")
+        if self.stall_timeout_s <= 0:
+            raise ConfigError(f"rollout.stall_timeout_s: must be > 0, got {self.stall_timeout_s}")
         if self.max_batch_sequences < self.group_size:
             raise ConfigError(f"rollout.max_batch_sequences: must be >= rollout.group_size ({self.group_size}) so "
                               f"a whole group fits, got {self.max_batch_sequences}")

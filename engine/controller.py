@@ -61,6 +61,7 @@ class Components:
     # The tokenizer's eos and the model's generation_config.eos_token_id (engine/rollout/stopping.py); empty:
     # the tokenizer's eos alone.
     stop_token_ids: tuple[int, ...] = ()
+    startup_peak_bytes: tuple[int, ...] = ()  # each rank's peak memory once its models were built
 
 
 def micro_batches(groups: Iterable[RolloutGroup], max_sequences: int) -> Iterator[list[RolloutGroup]]:
@@ -96,12 +97,15 @@ def in_prompt_order(groups: Iterable[RolloutGroup], prompts: Sequence[PromptItem
 
 
 def mean_metrics(steps: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The iteration's update metrics: the mean over its optimizer steps (the max for logprob_diff_max)."""
+    """The iteration's update metrics: the mean over the optimizer steps that report each (the max for
+    logprob_diff_max, which only the first step reports; the sum for skipped_steps)."""
     if not steps:
         return {}
-    out = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
-    if M.LOGPROB_DIFF_MAX in out:
-        out[M.LOGPROB_DIFF_MAX] = max(s[M.LOGPROB_DIFF_MAX] for s in steps)
+    keys = dict.fromkeys(key for s in steps for key in s)
+    out = {}
+    for key in keys:
+        values = [s[key] for s in steps if key in s]
+        out[key] = {M.LOGPROB_DIFF_MAX: max, M.SKIPPED_STEPS: sum}.get(key, lambda v: sum(v) / len(v))(values)
     out[M.OPTIMIZER_STEPS] = float(len(steps))
     return out
 
@@ -127,6 +131,7 @@ class Controller:
         self.checkpoints = parts.checkpoints
         self.accuracy_before: float | None = None
         self.sampling: dict[str, float] = {}  # the iteration's dynamic-sampling figures
+        self.sampled: list[RolloutGroup] = []  # the iteration's scored groups, the ones dynamic sampling dropped too
         self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
 
     # ------------------------------------------------------------------ the run
@@ -150,7 +155,7 @@ class Controller:
         finally:
             log.close()
             self.parts.rollout.close()  # on every path: a rollout worker process must not outlive the run
-            self.trainer.close()  # under torchrun: the other ranks stop following
+        self.trainer.close()  # under torchrun: the other ranks stop following (a failure stops them otherwise)
         return summary
 
     def iteration(self, k: int) -> dict[str, float]:
@@ -171,10 +176,12 @@ class Controller:
         self._check_logprob_agreement(k, step_metrics)
         t1 = time.perf_counter()
         elapsed = t1 - t0
-        n_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+        sampled = self.sampled  # with dynamic sampling more than `groups`: generated, scored, then dropped
+        n_tokens = sum(len(c.token_ids) for g in sampled for c in g.completions)
         perf = {M.WORLD_SIZE: float(self.parts.world_size), M.TOKENS_PER_S: n_tokens / elapsed,
-                M.SAMPLES_PER_S: sum(g.group_size for g in groups) / max(elapsed, 1e-9), M.ITERATION_TIME: elapsed}
-        return {**rollout_metrics(groups), **step_metrics, **perf, **self.sampling, **self.timer.pop(),
+                M.STARTUP_PEAK_BYTES: float(max(self.parts.startup_peak_bytes, default=0)),
+                M.SAMPLES_PER_S: sum(g.group_size for g in sampled) / max(elapsed, 1e-9), M.ITERATION_TIME: elapsed}
+        return {**rollout_metrics(sampled), **step_metrics, **perf, **self.sampling, **self.timer.pop(),
                 **self._pipeline_metrics(k + 1, t0, t1)}
 
     def _rollout_and_train(self, prompts: list[PromptItem],
@@ -227,19 +234,21 @@ class Controller:
         are all equal is dropped, and further rounds generate new prompts for the missing groups, up to
         algorithm.max_sampling_rounds rounds. Batch advantage estimators first wait for every group."""
         algo, wanted = self.cfg.algorithm, len(prompts)
-        kept = dropped = rounds = 0
+        kept = rounds = 0
+        self.sampled = []  # every scored group, kept or dropped: what the reward and rollout metrics describe
         while kept < wanted and rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
             if rounds:
                 with self.timer.stage("prompts"):
                     prompts = self.parts.stream.next_batch(wanted - kept)
             rounds += 1
             for group in self._scored(self._arrivals(prompts, params)):
+                self.sampled.append(group)
                 if algo.dynamic_sampling and (kept == wanted or bool((group.rewards_G == group.rewards_G[0]).all())):
-                    dropped += 1
                     continue
                 kept += 1
                 yield group
-        self.sampling = {M.DROPPED_GROUPS: float(dropped), M.SAMPLING_ROUNDS: float(rounds)}
+        self.sampling = {M.DROPPED_GROUPS: float(len(self.sampled) - kept), M.KEPT_GROUPS: float(kept),
+                         M.SAMPLING_ROUNDS: float(rounds)}
 
     def _with_advantages(self, groups: Iterable[RolloutGroup]) -> Iterator[RolloutGroup]:
         """algorithm.advantage per group as groups arrive; a batch estimator over all groups at once."""
@@ -359,7 +368,8 @@ class Controller:
         summary = {"run": self.cfg.run.name, "iterations": self.cfg.run.iterations,
                    "heldout_size": len(self.parts.heldout), "accuracy_before": self.accuracy_before,
                    "accuracy_after": after, "policy_version": self.trainer.version,
-                   "world_size": self.parts.world_size}
+                   "world_size": self.parts.world_size,
+                   "startup_peak_memory_bytes": list(self.parts.startup_peak_bytes)}
         if after is not None and self.accuracy_before is not None:
             summary["accuracy_gain"] = after - self.accuracy_before
         return summary

@@ -37,7 +37,10 @@ LOGPROB_DIFF_MAX = "policy/logprob_diff_max"
 RESPONSE_LEN = "rollout/response_len_mean"
 RESPONSE_LEN_MAX = "rollout/response_len_max"
 # share of responses cut by max_new_tokens (Completion.finished False): no stop id or stop string was met
+# reward/*, rollout/response_len_* and rollout/truncated_frac describe every group generated in the iteration,
+# also those dynamic sampling drops; these count the two kinds
 DROPPED_GROUPS = "rollout/dropped_groups"  # dynamic sampling: groups with all-equal rewards left out
+KEPT_GROUPS = "rollout/kept_groups"  # groups trained on
 SAMPLING_ROUNDS = "rollout/sampling_rounds"  # dynamic sampling: generation rounds this iteration
 TRUNCATED_FRAC = "rollout/truncated_frac"
 
@@ -46,12 +49,16 @@ GRAD_NORM = "optim/grad_norm"  # global norm before clipping
 LR = "optim/lr"
 OPTIMIZER_STEPS = "optim/steps"  # optimizer steps this iteration (algorithm.ppo_mini_batches * ppo_epochs)
 LOSS_SCALE = "optim/loss_scale"  # float16 only: the dynamic loss scale after the step
+# float16 only: overflowed attempts at this iteration's steps; each halved the scale and replayed the mini-batch
+SKIPPED_STEPS = "optim/skipped_steps"
 
 # -------------------------------------------------------------------------------------------------- perf
 WORLD_SIZE = "dist/world_size"  # trainer ranks (torchrun processes); 1 for a plain run
 TOKENS_PER_S = "perf/tokens_per_s"
 SAMPLES_PER_S = "perf/samples_per_s"
 PEAK_MEMORY_BYTES = "perf/peak_memory_bytes"
+# the largest of the ranks' peak memory once their models were built (each rank's is in summary.json)
+STARTUP_PEAK_BYTES = "perf/startup_peak_memory_bytes"
 
 # ---------------------------------------------------------------------------------------------- pipeline
 # Per iteration, over its wall-clock window W (docs/pipeline.md has the exact definitions). Generation busy =

@@ -30,16 +30,35 @@ def load_causal_lm(folder: Path, cfg: ModelConfig, device: torch.device, dtype: 
                    dropout: bool = False) -> PreTrainedModel:
     """The model of `folder` with parameters in `dtype`. dropout=False zeroes every dropout probability of
     its config, so train-mode forwards (needed by gradient checkpointing) compute the sampled distribution."""
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, config=model_config(folder, cfg, dropout), dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+        local_files_only=True, attn_implementation="sdpa")
+    check_head_supported(model, folder)
+    prepare_for_training(model, cfg)
+    return model.to(device)
+
+
+def empty_causal_lm(folder: Path, cfg: ModelConfig, dtype: torch.dtype, dropout: bool = False) -> PreTrainedModel:
+    """The model of `folder` on the meta device (shapes and dtypes, no storage, nothing read but its config):
+    what every rank shards before the weights arrive (engine/parallel/loading.py)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config(folder, cfg, dropout), dtype=dtype,
+                                                 trust_remote_code=cfg.trust_remote_code, attn_implementation="sdpa")
+    check_head_supported(model, folder)
+    prepare_for_training(model, cfg)
+    return model
+
+
+def model_config(folder: Path, cfg: ModelConfig, dropout: bool = False):
     config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     if not dropout:
         _zero_dropout(config)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code, local_files_only=True,
-        attn_implementation="sdpa")
-    check_head_supported(model, folder)
+    return config
+
+
+def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> None:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model.to(device)
 
 
 def _zero_dropout(config) -> None:
@@ -61,10 +80,16 @@ def check_head_supported(model: PreTrainedModel, folder: Path) -> None:
 
 
 def frozen_copy(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A frozen copy (eval mode, no grad), optionally cast to `dtype`: the reference policy, or the colocated
-    rollout engine's compute-dtype weights under mixed precision."""
-    copied = copy.deepcopy(model).eval()
+    """A frozen copy (eval mode, no grad) whose parameters are in `dtype` (default: theirs): the reference
+    policy, or the colocated rollout engine's compute-dtype weights under mixed precision.
+
+    Only parameters are cast. Buffers keep their dtype, as the trainer's forward uses them: `from_pretrained`
+    keeps rotary frequencies (`inv_freq`) in float32 whatever the model's dtype, and a bfloat16 `inv_freq`
+    would rotate by other angles (about a radian off near position 1000). Each parameter is cast while
+    copying (a deepcopy memo), so no second master-dtype copy exists even for a moment; tied parameters
+    stay tied."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype or p.dtype, copy=True), requires_grad=False)
+            for p in model.parameters()}
+    copied = copy.deepcopy(model, memo).eval()
     copied.requires_grad_(False)
-    if dtype is not None:
-        copied.to(dtype)
     return copied

@@ -6,21 +6,26 @@ The contract, on every backend and with any parallelism:
     forward / backward                   model.dtype (bfloat16 by default on accelerators)
     log-softmax, losses                  float32 (at least: float64 stays float64)
     gradients, their accumulation        float32, in the master parameters' .grad
-    rollout side, reference model        model.dtype copies (they never take a step)
-    float16                              dynamic loss scaling (torch.amp.GradScaler)
+    rollout side, reference model        model.dtype copies of the parameters (they never take a step); buffers
+                                         (rotary frequencies) stay in the dtype the trainer's forward uses
+    float16                              dynamic loss scaling (torch.amp.GradScaler), a loss normalised by a
+                                         power of two near the token count (engine/trainer.py)
 
-On one device `cast_forward` realises it the way FSDP2's `MixedPrecisionPolicy(param_dtype=compute,
-reduce_dtype=float32)` does: the parameters are cast to the compute dtype for the forward, and the cast's
-backward returns float32 gradients into the masters. Under FSDP2 the policy does the cast and the reduction,
-so the same `Precision` is handed to it instead (`fsdp_policy`).
+On one device `in_compute_dtype` realises it the way FSDP2's `MixedPrecisionPolicy(param_dtype=compute,
+reduce_dtype=float32)` does: the parameters are cast to the compute dtype, and the cast's backward returns
+float32 gradients into the masters. The casts stay in place through the backward, not only the forward, so
+that gradient checkpointing's recompute (which runs inside the backward) sees the tensors the forward saw.
+Under FSDP2 the policy does the cast (per layer, again inside a recompute) and the reduction, so the same
+`Precision` is handed to it instead (engine/parallel/fsdp.py).
 
 Why not torch.autocast: autocast keeps norms and element-wise ops in float32 and picks per-op dtypes, which
 is neither what the rollout engine (a bf16 copy of the weights) computes nor what FSDP2's policy computes.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -60,17 +65,35 @@ def resolve_precision(dtype: str, backend_name: str) -> Precision:
     return Precision(compute=compute, master=torch.promote_types(compute, torch.float32))
 
 
-def cast_forward(model: nn.Module, precision: Precision, **kwargs):
-    """`model(**kwargs)` with its parameters cast to the compute dtype, differentiably.
+T = TypeVar("T")
 
-    The cast copies live only for this forward and its backward (like FSDP2's unsharded compute parameters);
-    their gradients arrive in the masters' `.grad` in the master dtype, so accumulation across micro-batches
-    is float32. Buffers (rotary frequencies) keep their dtype, as `from_pretrained` leaves them.
+
+def in_compute_dtype(model: nn.Module, precision: Precision, fn: Callable[[], T]) -> T:
+    """`fn()` (a forward AND its backward) while `model`'s parameters are differentiable casts to the compute
+    dtype; the masters are back in place when it returns.
+
+    The casts live for `fn` only (like FSDP2's unsharded compute parameters); their gradients arrive in the
+    masters' `.grad` in the master dtype, so accumulation across micro-batches is float32. Buffers (rotary
+    frequencies) keep the dtype `from_pretrained` gives them. The backward must run inside `fn`: with
+    gradient checkpointing the backward recomputes each layer's forward, which must see the same
+    compute-dtype tensors the first forward saw (torch checks the recomputed tensors' dtypes).
     """
-    if not precision.mixed or precision.sharded or not any(p.dtype != precision.compute for p in model.parameters()):
-        return model(**kwargs)
-    params = {name: p.to(precision.compute) for name, p in model.named_parameters()}
-    return torch.func.functional_call(model, params, args=(), kwargs=kwargs, tie_weights=True, strict=False)
+    if not precision.mixed or precision.sharded or all(p.dtype == precision.compute for p in model.parameters()):
+        return fn()
+    params = {f"model.{name}": p.to(precision.compute) for name, p in model.named_parameters()}
+    return torch.func.functional_call(_Scope(model), params, args=(fn,), tie_weights=True, strict=False)
+
+
+class _Scope(nn.Module):
+    """`functional_call`'s entry point: its parameter swap lasts for the whole call of `fn`, whatever `fn` does
+    with the model in between (forward, loss, backward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[], T]) -> T:
+        return fn()
 
 
 def compute_weights(named_tensors: Iterable[tuple[str, torch.Tensor]],

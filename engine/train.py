@@ -5,6 +5,7 @@ import argparse
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from engine.checkpoint import CheckpointError
@@ -55,29 +56,39 @@ def run(cfg: Config) -> dict:
 
 
 def run_spmd(cfg: Config) -> dict:
+    """One rank of a torchrun launch. An exception on this rank is sent to every other rank before it is
+    raised, and theirs end this one (engine/parallel/control.py): no rank waits for a failed peer."""
     from backends import get_backend
     from engine.build import build_follower, build_components
     from engine.controller import Controller
-    from engine.parallel.dist import barrier, destroy_process_group, dist_env_from_environment, init_process_group
+    from engine.parallel.control import ControlPlane
+    from engine.parallel.dist import (barrier, broadcast_object, destroy_process_group, dist_env_from_environment,
+                                      init_process_group)
 
     env = dist_env_from_environment()
-    init_process_group(get_backend(cfg.backend.name), env)
+    init_process_group(get_backend(cfg.backend.name), env, cfg.backend.collective_timeout_s)
+    control = ControlPlane.connect(env.rank, env.world_size, cfg.backend.peer_timeout_s, broadcast_object)
     try:
         run_dir = check_run_dir(cfg) if env.is_root else Path(cfg.run.output_dir) / cfg.run.name
         if not env.is_root:
-            build_follower(cfg, run_dir, env).run()
+            build_follower(cfg, run_dir, env, control).run()
             summary = {}
         else:
-            parts = build_components(cfg, run_dir, env)
+            parts = build_components(cfg, run_dir, env, control)
             create_run_dir(cfg, run_dir)
             summary = Controller(parts).run()
-        barrier()  # no rank tears the group down while another still uses it (gloo aborts on a closed peer)
-        return summary
-    finally:
-        destroy_process_group()
+    except BaseException as exc:
+        control.fail(exc)  # the other ranks stop within seconds, naming this rank and error
+        raise
+    control.close()
+    barrier()  # no rank tears the group down while another still uses it (gloo aborts on a closed peer)
+    destroy_process_group()
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.parallel.dist import launched_by_torchrun
+
     recipe, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(recipe, overrides)
@@ -85,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        if not launched_by_torchrun():
+            raise
+        traceback.print_exc()  # a rank exits through exit_process: no interpreter teardown with gloo threads
+        return 1
     if not summary:  # a following rank: rank 0 reports
         return 0
     print("summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))

@@ -19,7 +19,7 @@ import torch
 from engine.algorithms import entropy_from_logits
 from engine.algorithms.overlong import overlong_penalty
 from engine.packing import PackedBatch, pack_expanded, pack_groups
-from engine.precision import Precision, cast_forward
+from engine.precision import Precision
 from engine.rewards import RewardResult
 from engine.rewards.composite import Rewards
 from engine.types import RolloutGroup
@@ -76,16 +76,17 @@ class TriModel:
         group.extracted, group.reward_timeouts = scored.extracted, scored.timeouts
 
     def forward(self, groups: Sequence[RolloutGroup], device: torch.device) -> TokenLogprobs:
-        """Actor and reference log-probs of every response token of `groups`, packed in one layout."""
+        """Actor and reference log-probs of every response token of `groups`, packed in one layout. Under mixed
+        precision the caller runs this and the backward inside `precision.in_compute_dtype` (Trainer.accumulate)."""
         packed = self._pack(groups).to(device)
         loss_dtype = self.precision.loss_dtype
-        logits_UV = head_logits(self.actor, packed, self.precision).to(loss_dtype) / self.temperature
+        logits_UV = head_logits(self.actor, packed).to(loss_dtype) / self.temperature
         logp_N = torch.log_softmax(logits_UV, dim=-1)[packed.target_rows, packed.target_ids]
         entropy_N = entropy_from_logits(logits_UV.detach())[packed.target_rows]
         ref_logp_N = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logits_UV = head_logits(self.reference, packed, self.precision).to(loss_dtype) / self.temperature
+                ref_logits_UV = head_logits(self.reference, packed).to(loss_dtype) / self.temperature
                 ref_logp_N = torch.log_softmax(ref_logits_UV, dim=-1)[packed.target_rows, packed.target_ids]
         lengths = torch.tensor([r for lens in packed.response_lens for r in lens], device=device)
         seq_N = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
@@ -104,7 +105,7 @@ class TriModel:
 OverlongPenalty = tuple[int, int, float]  # (max_new_tokens, overlong_buffer, overlong_penalty)
 
 
-def head_logits(model: torch.nn.Module, packed: PackedBatch, precision: Precision) -> torch.Tensor:
+def head_logits(model: torch.nn.Module, packed: PackedBatch) -> torch.Tensor:
     """logits_UV at the U positions that predict response tokens, computed by the model's own forward
     (`logits_to_keep` makes its LM head and any final-logit transform run only at those positions).
 
@@ -113,10 +114,10 @@ def head_logits(model: torch.nn.Module, packed: PackedBatch, precision: Precisio
     """
     rows, T = packed.input_ids.shape
     if rows == 1:
-        out = cast_forward(model, precision, **packed.model_kwargs(), logits_to_keep=packed.logit_positions)
+        out = model(**packed.model_kwargs(), logits_to_keep=packed.logit_positions)
         return out.logits[0]
     cols_C, col_U = torch.unique(packed.logit_positions % T, return_inverse=True)
-    out = cast_forward(model, precision, **packed.model_kwargs(), logits_to_keep=cols_C)
+    out = model(**packed.model_kwargs(), logits_to_keep=cols_C)
     return out.logits[packed.logit_positions // T, col_U]
 
 

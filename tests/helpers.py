@@ -16,13 +16,15 @@ from engine.types import Completion, PromptItem, RolloutGroup
 
 
 def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0, dtype="float32",
-                 precision: Precision | None = None, norms_in_model_dtype: bool = False) -> Trainer:
+                 precision: Precision | None = None, norms_in_model_dtype: bool = False,
+                 gradient_checkpointing: bool = False, expected_normaliser: int = 1) -> Trainer:
     """A Trainer on the model of `model_dir`; `dtype` is model.dtype (float32 masters under bf16/fp16), or
     `precision` sets both dtypes directly (the precision benchmark's pure-bf16 contrast).
     `norms_in_model_dtype` swaps in `RMSNormInInputDtype` (see there) before the reference copy is made."""
     precision = precision or resolve_precision(dtype, "cpu")
-    tokenizer = load_tokenizer(model_dir, ModelConfig(path=str(model_dir)))
-    actor = load_causal_lm(model_dir, ModelConfig(path=str(model_dir)), torch.device("cpu"), dtype=precision.master)
+    model_cfg = ModelConfig(path=str(model_dir), gradient_checkpointing=gradient_checkpointing)
+    tokenizer = load_tokenizer(model_dir, model_cfg)
+    actor = load_causal_lm(model_dir, model_cfg, torch.device("cpu"), dtype=precision.master)
     if norms_in_model_dtype:
         norms_in_input_dtype(actor)
     if layout == "shared":
@@ -32,7 +34,8 @@ def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0,
     trimodel = TriModel(actor, reference, build_rewards(RewardConfig()),
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         temperature=1.0, layout=layout, pad_id=tokenizer.pad_token_id, precision=precision)
-    return Trainer(trimodel, algo, optim or OptimConfig(lr=1e-3), torch.device("cpu"))
+    return Trainer(trimodel, algo, optim or OptimConfig(lr=1e-3), torch.device("cpu"),
+                   expected_normaliser=expected_normaliser)
 
 
 def random_groups(n_groups: int, group_size: int, vocab: int, seed: int = 0, version: int = 0) -> list[RolloutGroup]:

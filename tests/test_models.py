@@ -8,7 +8,6 @@ from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
 from engine.config import ConfigError, ModelConfig
 from engine.models import check_head_supported, load_causal_lm
 from engine.packing import pack_expanded
-from engine.precision import resolve_precision
 from engine.trainer import decay_groups
 from engine.trimodel import head_logits
 
@@ -38,7 +37,7 @@ def test_logits_are_the_models_own_including_final_soft_capping(tmp_path):
     model = load_causal_lm(folder, ModelConfig(path=str(folder)), torch.device("cpu"), dtype=torch.float64)
     prompt, responses = [5, 6, 7], [[8, 9], [10, 11, 12]]
     packed = pack_expanded([(prompt, responses)], pad_id=0)
-    logits_UV = head_logits(model, packed, resolve_precision("float64", "cpu"))
+    logits_UV = head_logits(model, packed)
     full = model(input_ids=packed.input_ids, position_ids=packed.position_ids).logits  # model's own, capped
     torch.testing.assert_close(logits_UV, full.flatten(0, 1)[packed.logit_positions], rtol=1e-12, atol=1e-12)
     assert logits_UV.abs().max() <= 2.0  # soft-capped at final_logit_softcapping

@@ -7,6 +7,8 @@ A Qwen2-shaped model with random weights (HF init: N(0, 0.02)) is trained on the
 
     float32     parameters, optimizer state and compute in float32 (the reference)
     bfloat16    model.dtype=bfloat16 as Cadence runs it: float32 masters and AdamW state, bf16 forward/backward
+    float16     model.dtype=float16 as Cadence runs it: float32 masters, fp16 forward/backward, dynamic loss
+                scaling from 2^16 with the loss divided by a power of two near the token count
     pure_bf16   parameters and AdamW state in bf16 (what `model.dtype: bfloat16` did before): for contrast
 
 Figures (updates are final - initial parameters, all tensors flattened together, in float32):
@@ -15,6 +17,8 @@ Figures (updates are final - initial parameters, all tensors flattened together,
                             (want >= 0.99; elements with no gradient, e.g. unseen embedding rows, are left out)
     changed_frac_pure_bf16  the same for pure bf16 parameters: at lr 1e-6 most updates round away
     update_rel_diff_pure_bf16
+    update_rel_diff_fp16, changed_frac_fp16   the same figures for float16
+    skipped_steps_fp16      overflowed float16 steps (each replayed at half the scale; want 0 at the defaults)
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from engine.types import Completion, PromptItem, RolloutGroup
 RUNS = {
     "float32": Precision(compute=torch.float32, master=torch.float32),
     "bfloat16": Precision(compute=torch.bfloat16, master=torch.float32),
+    "float16": Precision(compute=torch.float16, master=torch.float32),
     "pure_bf16": Precision(compute=torch.bfloat16, master=torch.bfloat16),
 }
 
@@ -80,17 +85,21 @@ def fixed_groups(args: argparse.Namespace, iteration: int) -> list[RolloutGroup]
     return groups
 
 
-def train(args: argparse.Namespace, actor: Qwen2ForCausalLM, precision: Precision) -> torch.Tensor:
-    """The run's parameter update (final - initial), flattened, float32; `actor` is trained in place."""
+def train(args: argparse.Namespace, actor: Qwen2ForCausalLM, precision: Precision) -> tuple[torch.Tensor, int]:
+    """The run's parameter update (final - initial), flattened, float32, and its skipped (overflowed, replayed)
+    float16 steps; `actor` is trained in place."""
     actor.to(precision.master)
     start = torch.cat([p.detach().float().flatten() for p in actor.parameters()])
     trimodel = TriModel(actor, None, build_rewards(RewardConfig()), decode=lambda ids: "",
                         temperature=1.0, layout=args.layout, pad_id=0, precision=precision)
-    trainer = Trainer(trimodel, AlgorithmConfig(), OptimConfig(lr=args.lr, grad_clip=0.0), torch.device("cpu"))
+    # as engine.build sizes it: B x G x the responses' longest length
+    trainer = Trainer(trimodel, AlgorithmConfig(), OptimConfig(lr=args.lr, grad_clip=0.0), torch.device("cpu"),
+                      expected_normaliser=args.groups * 8 * 64)
+    skipped = 0
     for k in range(args.iterations):
         trainer.accumulate(fixed_groups(args, k))
-        trainer.step()
-    return torch.cat([p.detach().float().flatten() for p in actor.parameters()]) - start
+        skipped += int(trainer.step().get("optim/skipped_steps", 0))
+    return torch.cat([p.detach().float().flatten() for p in actor.parameters()]) - start, skipped
 
 
 def _clone(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
@@ -103,6 +112,7 @@ def compare(updates: dict[str, torch.Tensor]) -> dict[str, float]:
     moved = ref != 0
     out = {}
     for name, diff_key, changed_key in (("bfloat16", "update_rel_diff", "changed_frac_bf16"),
+                                        ("float16", "update_rel_diff_fp16", "changed_frac_fp16"),
                                         ("pure_bf16", "update_rel_diff_pure_bf16", "changed_frac_pure_bf16")):
         out[diff_key] = ((updates[name] - ref).norm() / ref.norm()).item()
         out[changed_key] = (updates[name][moved] != 0).float().mean().item()
@@ -114,9 +124,10 @@ def compare(updates: dict[str, torch.Tensor]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     initial = qwen2_model(args)
-    updates = {name: train(args, _clone(initial), precision) for name, precision in RUNS.items()}
+    runs = {name: train(args, _clone(initial), precision) for name, precision in RUNS.items()}
+    updates = {name: update for name, (update, _) in runs.items()}
     result = {"iterations": args.iterations, "lr": args.lr, "parameters": sum(p.numel() for p in initial.parameters()),
-              **compare(updates)}
+              **compare(updates), "skipped_steps_fp16": runs["float16"][1]}
     if args.json:
         print(json.dumps(result))
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -37,13 +38,23 @@ def dist_env_from_environment() -> DistEnv:
                    local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
 
 
-def init_process_group(backend, env: DistEnv) -> None:
-    """The default group over all trainer ranks, with the backend's collective library and device."""
+def init_process_group(backend, env: DistEnv, timeout_s: float) -> None:
+    """The default group over all trainer ranks, with the backend's collective library and device; a
+    collective that does not complete within `timeout_s` raises (backend.collective_timeout_s)."""
     if dist.is_initialized():
         return
     device = backend.device(env.local_rank)
     kwargs = {"device_id": device} if device.type != "cpu" else {}
-    dist.init_process_group(backend.collective_backend, rank=env.rank, world_size=env.world_size, **kwargs)
+    dist.init_process_group(backend.collective_backend, rank=env.rank, world_size=env.world_size,
+                            timeout=timedelta(seconds=timeout_s), **kwargs)
+
+
+def broadcast_object(obj: Any = None) -> Any:
+    """Rank 0's `obj` on every rank (a collective, pickled): for start-up values such as the control plane's
+    address."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:
@@ -57,8 +68,8 @@ def destroy_process_group() -> None:
 
 
 class Collectives:
-    """The reductions the trainer makes once per iteration (sums and a max over ranks) and the object
-    broadcast of the command protocol. `LOCAL` is the one-process stand-in: every call returns its input."""
+    """The reductions the trainer makes once per iteration (sums and a max over ranks). `LOCAL` is the
+    one-process stand-in: every call returns its input."""
 
     def __init__(self, device: torch.device, world_size: int) -> None:
         self.device = device
@@ -75,14 +86,6 @@ class Collectives:
         if self.world_size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.item()
-
-    def broadcast(self, obj: Any = None) -> Any:
-        """Rank 0's `obj` on every rank (pickled; for commands and micro-batches, not for weights)."""
-        if self.world_size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type != "cpu" else None)
-        return box[0]
 
     def barrier(self) -> None:
         if self.world_size > 1:

@@ -25,7 +25,7 @@ from engine.precision import Precision
 class GradSync(Protocol):
     mean_factor: int  # the reduction divides by this (the world size); 1 when nothing is reduced
 
-    def idle_backward(self) -> None: ...
+    def idle_backward(self, reference: nn.Module | None = None) -> None: ...
 
     def reduce(self) -> None: ...
 
@@ -35,7 +35,7 @@ class _LocalGradSync:
 
     mean_factor = 1
 
-    def idle_backward(self) -> None:
+    def idle_backward(self, reference: nn.Module | None = None) -> None:
         raise RuntimeError("a single trainer process is never dealt an empty round")
 
     def reduce(self) -> None:
@@ -52,9 +52,13 @@ class FsdpGradSync:
         self._one_token = torch.zeros(1, 1, dtype=torch.long, device=device)
         model.set_requires_gradient_sync(False)
 
-    def idle_backward(self) -> None:
-        """A one-token forward through every layer, backward with weight 0: the collectives without data."""
+    def idle_backward(self, reference: nn.Module | None = None) -> None:
+        """A one-token forward through every layer, backward with weight 0: the collectives without data. A
+        sharded `reference` runs its forward in between, where a rank with data runs it (TriModel.forward)."""
         logits = self.model(input_ids=self._one_token, use_cache=False).logits
+        if reference is not None:
+            with torch.no_grad():
+                reference(input_ids=self._one_token, use_cache=False)
         (logits.float().sum() * 0.0).backward()
 
     def reduce(self) -> None:

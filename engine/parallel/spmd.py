@@ -2,14 +2,15 @@
 
 Rank 0 runs the one controller loop (prompts, rollout, scoring, schedule) with a `TrainerGroup` in place of
 its Trainer. Each micro-batch the schedule hands over is dealt to a rank; when every rank has one (a round)
-the round is broadcast and all ranks run forward/backward at once. A rank dealt nothing in the last,
+each rank is sent its micro-batch and all ranks run forward/backward at once. A rank dealt nothing in the last,
 partial round of an iteration takes a zero-weight backward so the FSDP2 collectives stay matched. Weight
 sync, the optimizer step and checkpoints are commands too, so every rank makes the same collectives in the
-same order:
+same order. Commands travel over the control plane (engine/parallel/control.py), not collectives, so a rank
+waiting for the next one is not stuck in a collective, and a failure on any rank stops them all:
 
     rank 0 (controller)              ranks 1..N-1 (follow)
     sync_weights  -> ("sync")   ->   gather full weights layer by layer (rank 0 hands them to the rollout)
-    accumulate x N -> ("train", [mb_0..mb_N-1]) -> forward/backward of mb_rank (or zero-weight)
+    accumulate x N -> ("train", mb_rank)  ->   forward/backward of mb_rank (or zero-weight when None)
     step          -> ("step")   ->   reduce gradients once, clip, AdamW step on the local shards (per mini-batch)
     end of iter.  -> ("end")    ->   learning-rate schedule, policy version k -> k+1
     checkpoint    -> ("save", k) ->  torch.distributed.checkpoint, every rank its shards
@@ -25,16 +26,14 @@ from typing import Any
 
 import torch
 
-from engine.parallel.dist import Collectives
+from engine.parallel.control import ControlPlane
 from engine.trainer import Trainer
 from engine.types import RolloutGroup
 
 MicroBatch = list[RolloutGroup]
-Round = list[MicroBatch | None]  # one entry per rank
 
 
-def train_round(trainer: Trainer, round_: Round, rank: int) -> None:
-    batch = round_[rank]
+def train_micro_batch(trainer: Trainer, batch: MicroBatch | None) -> None:
     if batch:
         trainer.accumulate(batch)
     else:
@@ -44,9 +43,10 @@ def train_round(trainer: Trainer, round_: Round, rank: int) -> None:
 class TrainerGroup:
     """Rank 0's handle on all trainer ranks, used by the controller exactly like a Trainer."""
 
-    def __init__(self, trainer: Trainer, comm: Collectives) -> None:
+    def __init__(self, trainer: Trainer, control: ControlPlane, world_size: int) -> None:
         self.trainer = trainer
-        self.comm = comm
+        self.control = control
+        self.world_size = world_size
         self._pending: list[MicroBatch] = []
 
     @property
@@ -64,7 +64,7 @@ class TrainerGroup:
     def accumulate(self, batch: Sequence[RolloutGroup]) -> None:
         """Deal `batch` to the next rank; a full round is trained at once on all ranks."""
         self._pending.append(list(batch))
-        if len(self._pending) == self.comm.world_size:
+        if len(self._pending) == self.world_size:
             self._train_pending()
 
     def step(self) -> dict[str, float]:
@@ -73,42 +73,47 @@ class TrainerGroup:
     def step_mini_batch(self) -> dict[str, float]:
         if self._pending:
             self._train_pending()
-        self.comm.broadcast(("step", None))
+        self.control.broadcast(("step", None))
         return self.trainer.step_mini_batch()
 
     def end_iteration(self) -> dict[str, float]:
-        self.comm.broadcast(("end", None))
+        self.control.broadcast(("end", None))
         return self.trainer.end_iteration()
 
     def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        self.comm.broadcast(("sync", None))
+        self.control.broadcast(("sync", None))
         return self.trainer.rollout_weights()
 
     def command(self, name: str, payload: Any = None) -> None:
         """Announce a command the caller then runs on rank 0 itself (checkpoint save and load)."""
-        self.comm.broadcast((name, payload))
+        self.control.broadcast((name, payload))
 
     def close(self) -> None:
-        self.comm.broadcast(("stop", None))
+        """After the run's last command: the other ranks return from `follow`."""
+        self.control.broadcast(("stop", None))
 
     def _train_pending(self) -> None:
-        round_: Round = self._pending + [None] * (self.comm.world_size - len(self._pending))
+        """Send each rank its micro-batch of the round (None: a zero-weight backward), then train rank 0's."""
+        round_ = self._pending + [None] * (self.world_size - len(self._pending))
         self._pending = []
-        self.comm.broadcast(("train", round_))
-        train_round(self.trainer, round_, rank=0)
+        for rank in range(1, self.world_size):
+            self.control.send(rank, ("train", round_[rank]))
+        train_micro_batch(self.trainer, round_[0])
 
 
-def follow(trainer: Trainer, comm: Collectives, rank: int, handlers: dict[str, Callable[[Any], None]]) -> None:
-    """Ranks > 0: run rank 0's commands until it says stop. `handlers` adds the checkpoint commands."""
+def follow(trainer: Trainer, control: ControlPlane, handlers: dict[str, Callable[[Any], None]]) -> None:
+    """Ranks > 0: run rank 0's commands until it says stop. `handlers` adds the checkpoint commands. The wait
+    for the next command has no deadline of its own (rank 0 may generate for long): the control plane ends
+    this process if rank 0 fails, exits or stops sending heartbeats."""
     commands: dict[str, Callable[[Any], None]] = {
-        "train": lambda round_: train_round(trainer, round_, rank),
+        "train": lambda batch: train_micro_batch(trainer, batch),
         "step": lambda _: trainer.step_mini_batch(),
         "end": lambda _: trainer.end_iteration(),
         "sync": lambda _: _drain(trainer.rollout_weights()),
         **handlers,
     }
     while True:
-        name, payload = comm.broadcast()
+        name, payload = control.receive(0, "waiting for rank 0's next command")
         if name == "stop":
             return
         commands[name](payload)

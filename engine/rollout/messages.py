@@ -7,6 +7,8 @@
     Shutdown()                                 GenerateDone(request_id, spans)
                                                Refused(request_id, reason)    a Generate for a version it lacks
                                                Failed(where, traceback)       an exception in the worker
+                                               Alive(steps)                   every HEARTBEAT_S, from a thread:
+                                                                              the engine's decode steps so far
 
 Spans are on `time.perf_counter()`, which on Linux is CLOCK_MONOTONIC, one clock for every process of the
 host (the worker is always on the trainer's host: they talk through pipes).
@@ -65,6 +67,11 @@ class GenerateDone:
 class Refused:
     request_id: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    steps: int  # decode steps the worker's engine has taken: a generate that stops advancing has stalled
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,6 +119,7 @@ class NativeRolloutEngine:
         self.device = torch.device(device)
         self.max_batch_sequences = max_batch_sequences
         self.version = 0
+        self.steps = 0  # decode steps taken, ever: a remote worker's heartbeat reports it (progress, not just life)
         self._spans: deque[Span] = deque(maxlen=_MAX_SPANS)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -211,6 +212,7 @@ class NativeRolloutEngine:
         if batch.rows is not None:
             self._advance(batch)
         self._admit(batch, params)
+        self.steps += 1
         rows = batch.rows
         tokens_n, logp_n = sample_next(rows.logits_nV, params, u_N=_uniforms(batch, params))
         tokens_n = torch.where(rows.live_n, tokens_n, self.pad_token_id)

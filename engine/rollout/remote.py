@@ -15,7 +15,9 @@ checks that the ack names the version it sent (and, in the trainer, that every g
 
 Faults: replies are drained by a thread into a queue, and every wait polls that queue in short slices and
 checks the process is alive, so a dead worker (EOF on its pipe, or `is_alive()` false) is reported within a
-poll slice as `RolloutWorkerDied` naming the exit code. With `restart_once`, a worker that dies is restarted
+poll slice as `RolloutWorkerDied` naming the exit code. Every wait is bounded: start-up by STARTUP_TIMEOUT_S,
+a weight sync by `sync_timeout_s`, and a generate by `stall_timeout_s` of no progress (the worker's heartbeat,
+Alive(decode steps), stops arriving or stops advancing: `RolloutWorkerStalled`, handled as a death). With `restart_once`, a worker that dies is restarted
 once per policy version: the new one loads the same weights and generates the prompts whose groups had not
 arrived yet (per-prompt seeding makes them the groups the dead worker would have produced). `close()` (also
 run by a finalizer) stops the process: Shutdown, then SIGTERM, then SIGKILL, and reaps it.
@@ -36,8 +38,8 @@ import torch.multiprocessing as tmp
 
 from engine.rollout.weight_sync import WeightReceiver, WeightSender, WeightSyncTransport
 from engine.metrics import Span
-from engine.rollout.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
-                                      Shutdown, WeightsLoaded)
+from engine.rollout.messages import (Alive, Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready,
+                                      Refused, Shutdown, WeightsLoaded)
 from engine.rollout.worker import WorkerSpec, worker_main
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params
@@ -58,6 +60,10 @@ class RolloutWorkerDied(RolloutWorkerError):
     def __init__(self, message: str, exitcode: int | None):
         super().__init__(message)
         self.exitcode = exitcode
+
+
+class RolloutWorkerStalled(RolloutWorkerDied):
+    """The worker's generation made no progress within stall_timeout_s (it is stopped, hung or deadlocked)."""
 
 
 class WeightSyncTimeout(RolloutWorkerError):
@@ -92,6 +98,8 @@ class WorkerProcess:
         self._reader = threading.Thread(target=self._drain, name="cadence-rollout-replies", daemon=True)
         self._reader.start()
         self.ready = False
+        self._steps = -1  # the last Alive's decode steps
+        self.progress_at = time.monotonic()  # when the worker last advanced (or was given work)
 
     @property
     def pid(self) -> int:
@@ -103,8 +111,9 @@ class WorkerProcess:
         except (BrokenPipeError, ConnectionResetError, OSError):
             raise self.died(doing) from None
 
-    def receive(self, doing: str, deadline: float | None = None) -> object:
-        """The next reply; RolloutWorkerDied if the process is gone, TimeoutError past `deadline`."""
+    def receive(self, doing: str, deadline: float | None = None, stall_s: float | None = None) -> object:
+        """The next reply; RolloutWorkerDied if the process is gone, TimeoutError past `deadline`,
+        RolloutWorkerStalled when its decode steps have not advanced for `stall_s` seconds."""
         while True:
             wait = POLL_S if deadline is None else min(POLL_S, deadline - time.perf_counter())
             if wait <= 0:
@@ -114,13 +123,26 @@ class WorkerProcess:
             except queue.Empty:
                 if not self.process.is_alive():
                     raise self.died(doing) from None
+                self._check_progress(doing, stall_s)
                 continue
             if isinstance(message, _Closed):
                 raise self.died(doing)
+            if isinstance(message, Alive):
+                if message.steps != self._steps:
+                    self._steps, self.progress_at = message.steps, time.monotonic()
+                self._check_progress(doing, stall_s)
+                continue
+            self.progress_at = time.monotonic()
             if isinstance(message, Failed):
                 raise RolloutWorkerError(f"the rollout worker (pid {self.pid}) failed in {message.where} while "
                                          f"{doing}:\n{message.traceback}")
             return message
+
+    def _check_progress(self, doing: str, stall_s: float | None) -> None:
+        idle = time.monotonic() - self.progress_at
+        if stall_s is not None and idle > stall_s:
+            raise RolloutWorkerStalled(f"the rollout worker (pid {self.pid}) made no progress for {idle:.0f} s "
+                                       f"(rollout.stall_timeout_s={stall_s:g}) while {doing}", None)
 
     def died(self, doing: str) -> RolloutWorkerDied:
         self.process.join(timeout=2.0)  # reap it, so the exit code is known and no zombie is left
@@ -165,9 +187,10 @@ class RemoteRolloutEngine:
 
     def __init__(self, spec: WorkerSpec, transport: WeightSyncTransport,
                  named_tensors: Iterable[tuple[str, torch.Tensor]], *, sync_timeout_s: float,
-                 restart_once: bool = False) -> None:
+                 restart_once: bool = False, stall_timeout_s: float = 300.0) -> None:
         self.spec = spec
         self.sync_timeout_s = sync_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.restart_once = restart_once
         self.version = 0  # the worker starts from the model folder: the trainer's version 0
         self.restarts = 0  # over the engine's life, for logs and tests
@@ -176,7 +199,6 @@ class RemoteRolloutEngine:
         self._sender, self._receiver = transport.connect(named_tensors, torch.device(spec.device))
         self._worker = WorkerProcess(spec, self._receiver)
         self._finalizer = weakref.finalize(self, WorkerProcess.stop, self._worker)
-        self._published: list[tuple[str, torch.Tensor]] = []  # what the last sync sent, for a restart
         self._restart_budget = int(restart_once)
         self._request_ids = itertools.count()
         self._spans: list[Span] = []
@@ -189,7 +211,8 @@ class RemoteRolloutEngine:
     # ------------------------------------------------------------------ RolloutEngine
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Publish the weights through the transport and wait for the worker's ack of `version`."""
-        self._published = list(named_tensors)  # references, not copies: the trainer steps only after the rollout
+        self._check_usable()
+        self._sender.send(named_tensors)  # packed into the transport's buffers, one tensor at a time
         if version != self.version:
             self._restart_budget = int(self.restart_once)  # one restart per policy version, i.e. per iteration
         while True:
@@ -198,6 +221,7 @@ class RemoteRolloutEngine:
                 return
             except RolloutWorkerDied as died:
                 self._restart_or_raise(died)
+                self._sender.resend()
 
     def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         """Send the request now; the iterator yields each group as its message arrives (completion order)."""
@@ -220,11 +244,11 @@ class RemoteRolloutEngine:
 
     # ------------------------------------------------------------------ protocol steps
     def _sync(self, version: int) -> None:
+        """Tell the worker the transport holds `version` and wait for its ack."""
         self._check_usable()
         self._await_ready()
         deadline = time.perf_counter() + self.sync_timeout_s
         doing = f"loading weights version {version}"
-        self._sender.send(self._published)
         self._worker.send(LoadWeights(version), doing)
         try:
             reply = self._next_reply(doing, deadline, WeightsLoaded)
@@ -242,6 +266,7 @@ class RemoteRolloutEngine:
         self._await_ready()
         request_id = next(self._request_ids)
         self._worker.send(Generate(request_id, self.version, prompts, params), "receiving a generate request")
+        self._worker.progress_at = time.monotonic()
         return request_id
 
     def _stream(self, request_id: int, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
@@ -249,10 +274,14 @@ class RemoteRolloutEngine:
         doing = f"generating {len(prompts)} prompts at version {self.version}"
         while True:
             try:
-                reply = self._next_reply(doing, None, GroupReady, GenerateDone, Refused, request_id=request_id)
+                reply = self._next_reply(doing, None, GroupReady, GenerateDone, Refused, request_id=request_id,
+                                         stall_s=self.stall_timeout_s)
             except RolloutWorkerDied as died:
                 self._restart_or_raise(died)
-                self._sync(self.version)  # the weights the dead worker held: the trainer has not stepped
+                # the version the dead worker held, from the transport's buffers: the trainer's own tensors
+                # may have stepped since (PPO mini-batches step while the rollout still streams)
+                self._sender.resend()
+                self._sync(self.version)
                 request_id = self._request(list(waiting.values()), params)  # only what has not arrived
                 continue
             if isinstance(reply, Refused):
@@ -266,10 +295,11 @@ class RemoteRolloutEngine:
             waiting.pop(reply.group.prompt.index)
             yield reply.group
 
-    def _next_reply(self, doing: str, deadline: float | None, *kinds: type, request_id: int | None = None):
+    def _next_reply(self, doing: str, deadline: float | None, *kinds: type, request_id: int | None = None,
+                    stall_s: float | None = None):
         """The next reply of one of `kinds` (for `request_id`); replies to an abandoned request are dropped."""
         while True:
-            reply = self._worker.receive(doing, deadline)
+            reply = self._worker.receive(doing, deadline, stall_s)
             streamed = isinstance(reply, (GroupReady, GenerateDone, Refused))
             if isinstance(reply, kinds) and not (streamed and reply.request_id != request_id):
                 return reply

@@ -99,6 +99,9 @@ class VllmOptions:
     # an in-process engine computes on this process's devices and threads.
     devices: str = ""
     devices_env: str = ""  # the variable `devices` is written to, named by the backend
+    # multi-process: a model step of vLLM's workers not done within this raises in vLLM (its
+    # VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS), so a hung worker ends the wait (rollout.stall_timeout_s)
+    step_timeout_s: float = 300.0
 
 
 def logprobs_mode_for(temperature: float, top_p: float, top_k: int) -> str:
@@ -310,7 +313,8 @@ def _start_engine(model_dir: str, options: VllmOptions):
         enable_prefix_caching=options.enable_prefix_caching, logprobs_mode=options.logprobs_mode,
         distributed_executor_backend="mp" if options.multiprocess else "uni", disable_log_stats=True,
         worker_extension_cls=f"{CadenceWorkerExtension.__module__}.{CadenceWorkerExtension.__qualname__}")
-    with _process_state_kept(), _environment(_device_env(options)):
+    step_env = {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(max(1, round(options.step_timeout_s)))}
+    with _process_state_kept(), _environment({**_device_env(options), **step_env}):
         return LLMEngine.from_engine_args(args, enable_multiprocessing=options.multiprocess)
 
 

@@ -36,6 +36,11 @@ class WeightSender(Protocol):
         """Publish these values; on return the worker may read them (it is told so by a version message)."""
         ...
 
+    def resend(self) -> None:
+        """Publish the last `send`'s values again, from the transport's own buffers (for a restarted worker:
+        the trainer's tensors may have stepped since)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -152,6 +157,9 @@ class SharedBufferSender:
         pack_into(self._views, named_tensors)
         self._synchronize()
 
+    def resend(self) -> None:
+        """The shared buffers still hold the last send: a new receiver reads them as they are."""
+
     def close(self) -> None:
         self._views, self._flat = {}, {}
 
@@ -216,6 +224,11 @@ class CollectiveSender:
             dist.init_process_group(self._backend, init_method=self._address, world_size=2, rank=0)
             self._joined = True
         pack_into(self._views, named_tensors)
+        self.resend()
+
+    def resend(self) -> None:
+        import torch.distributed as dist
+
         for buffer in self._flat.values():
             dist.broadcast(buffer, src=0)
 

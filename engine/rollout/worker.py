@@ -2,6 +2,8 @@
 
     start: set threads, load the model (and, for stop strings, the tokenizer) from the model folder, open the
            weight receiver, send Ready
+    beat:  a thread sends Alive(decode steps so far) every HEARTBEAT_S, so the trainer tells a slow worker from a
+           stalled one (its steps stop advancing) or a stopped one (nothing arrives)
     loop:  LoadWeights(k) -> copy the transport's buffers into the model, ack WeightsLoaded(k)
            Generate(k)    -> refuse unless the model holds version k; else stream GroupReady per finished
                              group (native engine, continuous batching), then GenerateDone. Stop ids and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -24,7 +27,7 @@ import torch
 
 from engine.rollout.weight_sync import WeightReceiver
 from engine.config import ModelConfig
-from engine.rollout.messages import (Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
+from engine.rollout.messages import (Alive, Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
                                       Shutdown, WeightsLoaded)
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import token_decoder
@@ -44,14 +47,31 @@ class WorkerSpec:
     max_batch_sequences: int = 256
 
 
-def worker_main(spec: WorkerSpec, receiver: WeightReceiver, requests: Connection, replies: Connection) -> None:
+HEARTBEAT_S = 2.0
+
+
+class Replies:
+    """The reply pipe, shared by the serving loop and the heartbeat thread: one send at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        with self._lock:
+            self.conn.send(message)
+
+
+def worker_main(spec: WorkerSpec, receiver: WeightReceiver, requests: Connection, conn: Connection) -> None:
     """Entry point of the spawned rollout process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(spec.threads)
+    replies = Replies(conn)
     try:
         engine = build_engine(spec)
         receiver.open()
         replies.send(Ready(os.getpid()))
+        threading.Thread(target=_beat, args=(engine, replies), name="cadence-rollout-beat", daemon=True).start()
         serve(engine, receiver, requests, replies)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the trainer is gone: nobody is left to tell
@@ -60,6 +80,15 @@ def worker_main(spec: WorkerSpec, receiver: WeightReceiver, requests: Connection
         raise
     finally:
         receiver.close()
+
+
+def _beat(engine: NativeRolloutEngine, replies: Replies) -> None:
+    while True:
+        try:
+            replies.send(Alive(engine.steps))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return  # the trainer is gone; the serving loop sees it too
+        threading.Event().wait(HEARTBEAT_S)
 
 
 def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
@@ -80,7 +109,7 @@ def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
                                decode=decode)
 
 
-def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Connection, replies: Connection) -> None:
+def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Connection, replies: Replies) -> None:
     """Answer requests until Shutdown. An exception in one request is reported and the worker goes on."""
     while True:
         message = requests.recv()
@@ -100,7 +129,7 @@ def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Conne
             replies.send(Failed(type(message).__name__, traceback.format_exc()))
 
 
-def _generate(engine: NativeRolloutEngine, request: Generate, replies: Connection) -> None:
+def _generate(engine: NativeRolloutEngine, request: Generate, replies: Replies) -> None:
     if request.version != engine.version:
         replies.send(Refused(request.request_id, f"the worker holds weights version {engine.version}, "
                                                  f"the request is for version {request.version}"))

@@ -15,7 +15,8 @@ from backends import get_backend
 from engine.config import ModelConfig
 from engine.models import load_causal_lm, load_tokenizer
 from engine.rollout.weight_sync import make_transport
-from engine.rollout.remote import RemoteRolloutEngine, RolloutWorkerError, WeightSyncTimeout, WeightVersionError
+from engine.rollout.remote import (RemoteRolloutEngine, RolloutWorkerError, RolloutWorkerStalled, WeightSyncTimeout,
+                                   WeightVersionError)
 from engine.rollout.worker import WorkerSpec
 from engine.rollout.base import SamplingParams
 from engine.rollout.native import NativeRolloutEngine
@@ -136,6 +137,32 @@ def test_a_dead_worker_is_restarted_once_and_regenerates_only_the_missing_prompt
     engine.restart_once = False
 
 
+def test_a_restarted_worker_gets_the_synced_version_not_weights_stepped_since(engine, actor_and_tokenizer):
+    """With PPO mini-batches the trainer steps while the rollout still streams; a worker that dies then must be
+    restarted with the version it was synced to, which the trainer's live tensors no longer hold."""
+    actor, tokenizer = actor_and_tokenizer
+    params = SamplingParams(n=2, max_new_tokens=120, seed=5)
+    engine.load_weights(actor.named_parameters(), version=10)
+    expected = tokens(engine.generate(prompts(tokenizer, 8), params))
+    engine.restart_once = True
+    engine.load_weights(actor.named_parameters(), version=11)
+    stream = engine.generate(prompts(tokenizer, 8), params)
+    first = next(stream)
+    saved = [p.detach().clone() for p in actor.parameters()]
+    try:
+        with torch.no_grad():  # a mini-batch step of the float32 masters the sync published
+            for p in actor.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        os.kill(engine.pid, signal.SIGKILL)
+        rest = list(stream)
+    finally:
+        with torch.no_grad():
+            for p, value in zip(actor.parameters(), saved):
+                p.copy_(value)
+        engine.restart_once = False
+    assert engine.restarts >= 1 and tokens([first, *rest]) == {k: v for k, v in expected.items()}
+
+
 def test_a_sync_the_worker_does_not_acknowledge_in_time_raises(engine, actor_and_tokenizer):
     actor, _ = actor_and_tokenizer
     engine.sync_timeout_s = 1.0
@@ -150,3 +177,24 @@ def test_a_sync_the_worker_does_not_acknowledge_in_time_raises(engine, actor_and
     assert time.perf_counter() - start < 5.0
     with pytest.raises(RolloutWorkerError, match="unusable since a sync of weights version 8 timed out"):
         engine.load_weights(actor.named_parameters(), version=9)
+
+
+def test_a_worker_that_stops_making_progress_mid_generate_is_reported_within_the_stall_timeout(
+        tiny_model_dir, actor_and_tokenizer):
+    actor, tokenizer = actor_and_tokenizer
+    spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir), dtype="float32"), "portable", "cpu",
+                      1, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = RemoteRolloutEngine(spec, make_transport(get_backend("cpu"), torch.device("cpu")),
+                                 actor.named_parameters(), sync_timeout_s=30.0, stall_timeout_s=3.0)
+    try:
+        engine.load_weights(actor.named_parameters(), version=1)
+        stream = engine.generate(prompts(tokenizer, 8), SamplingParams(n=2, max_new_tokens=120, seed=3))
+        next(stream)
+        os.kill(engine.pid, signal.SIGSTOP)  # alive, silent: no heartbeat, no progress
+        start = time.perf_counter()
+        with pytest.raises(RolloutWorkerStalled, match=r"made no progress for \d+ s \(rollout.stall_timeout_s=3\)"):
+            list(stream)
+        assert time.perf_counter() - start < 10.0
+    finally:
+        os.kill(engine.pid, signal.SIGCONT)
+        engine.close()
