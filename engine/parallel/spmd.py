@@ -90,6 +90,7 @@ class TrainerGroup:
 
     def close(self) -> None:
         self.comm.broadcast(("stop", None))
+        self.trainer.close()
 
     def _train_pending(self) -> None:
         round_: Round = self._pending + [None] * (self.comm.world_size - len(self._pending))
