@@ -345,6 +345,11 @@ class Config:
         if self.rollout.prompts_per_iteration % mini:
             raise ConfigError(f"algorithm.ppo_mini_batches: {mini} must divide rollout.prompts_per_iteration "
                               f"({self.rollout.prompts_per_iteration}) so every mini-batch has B / M groups")
+        if self.algorithm.overlong_buffer > self.rollout.max_new_tokens:
+            # The penalty ramp would start before token 0 (L_max - L_cache < 0), so even an empty response is
+            # penalised: the buffer cannot be longer than the responses it is carved out of.
+            raise ConfigError(f"algorithm.overlong_buffer: {self.algorithm.overlong_buffer} must be <= "
+                              f"rollout.max_new_tokens ({self.rollout.max_new_tokens})")
 
 
 # ----------------------------------------------------------------------------------------------- loading

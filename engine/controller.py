@@ -118,6 +118,7 @@ def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
     truncated = sum(not c.finished for g in groups for c in g.completions)
     return {M.REWARD_MEAN: rewards.mean().item(), M.ACCURACY: (scores > 0.5).float().mean().item(),
             M.REWARD_TIMEOUTS: float(sum(g.reward_timeouts for g in groups)),
+            M.REWARD_CRASHES: float(sum(g.reward_crashes for g in groups)),
             M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths),
             M.TRUNCATED_FRAC: truncated / len(lengths)}
 
@@ -136,11 +137,13 @@ class Controller:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        start = self._restore() if self.cfg.run.resume else 0
-        if start == 0 and self.cfg.eval.before:
-            self.accuracy_before = self._evaluate()
-        log = RunLog(self.parts.run_dir, self.cfg.run.iterations, start_iteration=start, progress=self.cfg.run.progress)
+        log = None
         try:
+            start = self._restore() if self.cfg.run.resume else 0
+            if start == 0 and self.cfg.eval.before:
+                self.accuracy_before = self._evaluate()
+            log = RunLog(self.parts.run_dir, self.cfg.run.iterations, start_iteration=start,
+                         progress=self.cfg.run.progress)
             for k in range(start, self.cfg.run.iterations):
                 log.log(k + 1, self.iteration(k))
                 if self._checkpoint_due(k + 1):
@@ -152,10 +155,12 @@ class Controller:
         except BaseException:
             self._finish_checkpoint_write()
             raise
-        finally:
-            log.close()
-            self.parts.rollout.close()  # on every path: a rollout worker process must not outlive the run
-        self.trainer.close()  # under torchrun: the other ranks stop following (a failure stops them otherwise)
+        finally:  # on every path: no worker process (rollout, reward) may outlive the run
+            if log is not None:
+                log.close()
+            self.parts.rollout.close()
+            self.trainer.trimodel.close()
+        self.trainer.close()  # under torchrun the other ranks stop following (on a failure the control plane stops them)
         return summary
 
     def iteration(self, k: int) -> dict[str, float]:

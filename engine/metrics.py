@@ -24,6 +24,7 @@ ACCURACY = "reward/accuracy"  # fraction of samples whose extracted answer is co
 NO_ANSWER_FRAC = "reward/no_answer_frac"  # fraction of samples where no answer could be extracted
 ZERO_STD_FRAC = "reward/zero_std_frac"  # fraction of groups whose G rewards are all equal (no signal)
 REWARD_TIMEOUTS = "reward/timeouts"  # reward-function calls past reward.timeout_s this iteration (scored 0)
+REWARD_CRASHES = "reward/crashes"  # reward-function calls that killed their worker this iteration (scored 0)
 
 # ------------------------------------------------------------------------------------------------ policy
 LOSS = "policy/loss"

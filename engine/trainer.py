@@ -270,7 +270,8 @@ class Trainer:
         return self._sums.tokens if self.algo.loss_aggregation == "token_mean" else self._sums.seqs
 
     def close(self) -> None:
-        """Nothing to release (a TrainerGroup stops its following ranks here)."""
+        """Stop the tri-model's processes (the reward worker); a TrainerGroup also stops its following ranks."""
+        self.trimodel.close()
 
     def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights as the rollout side receives them: compute dtype, one tensor at a time."""

@@ -60,7 +60,7 @@ class TriModel:
 
     def score(self, group: RolloutGroup) -> None:
         """Decode the group's completions and fill its scores (correctness function), rewards (weighted functions,
-        + reward model, + overlong penalty), answer-extracted flags and reward-timeout count."""
+        + reward model, + overlong penalty), answer-extracted flags and reward timeout and crash counts."""
         group.texts = [self.decode(c.token_ids) for c in group.completions]
         scored = self.rewards.functions.score_group(group.texts, group.prompt.reference, group.prompt.text)
         rewards_G = scored.weighted_G
@@ -73,7 +73,12 @@ class TriModel:
             lengths_G = torch.tensor([len(c.token_ids) for c in group.completions])
             rewards_G = rewards_G + overlong_penalty(lengths_G, *self.overlong)
         group.scores_G, group.rewards_G = scored.correct_G, rewards_G
-        group.extracted, group.reward_timeouts = scored.extracted, scored.timeouts
+        group.extracted = scored.extracted
+        group.reward_timeouts, group.reward_crashes = scored.timeouts, scored.crashes
+
+    def close(self) -> None:
+        """Stop the processes the tri-model started (the reward functions' worker); the run is over."""
+        self.rewards.close()
 
     def forward(self, groups: Sequence[RolloutGroup], device: torch.device) -> TokenLogprobs:
         """Actor and reference log-probs of every response token of `groups`, packed in one layout. Under mixed

@@ -46,6 +46,7 @@ class RolloutGroup:
     advantages_G: torch.Tensor | None = None  # float32 (G,): set by the controller (algorithm.advantage)
     extracted: list[bool] = field(default_factory=list)  # did the reward find an answer, per sample
     reward_timeouts: int = 0  # reward-function calls that ran past reward.timeout_s (scored 0), filled by the scorer
+    reward_crashes: int = 0  # reward-function calls that killed their worker process (scored 0), filled by the scorer
 
     @property
     def group_size(self) -> int:

@@ -17,7 +17,8 @@ from engine.types import Completion, PromptItem, RolloutGroup
 
 def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0, dtype="float32",
                  precision: Precision | None = None, norms_in_model_dtype: bool = False,
-                 gradient_checkpointing: bool = False, expected_normaliser: int = 1) -> Trainer:
+                 gradient_checkpointing: bool = False, expected_normaliser: int = 1,
+                 reward: RewardConfig | None = None) -> Trainer:
     """A Trainer on the model of `model_dir`; `dtype` is model.dtype (float32 masters under bf16/fp16), or
     `precision` sets both dtypes directly (the precision benchmark's pure-bf16 contrast).
     `norms_in_model_dtype` swaps in `RMSNormInInputDtype` (see there) before the reference copy is made."""
@@ -31,7 +32,7 @@ def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0,
         use_shared_prompt_attention(actor, "portable")
     algo = algo or AlgorithmConfig(kl_coef=kl_coef)
     reference = frozen_copy(actor, precision.compute) if algo.kl_coef > 0 else None
-    trimodel = TriModel(actor, reference, build_rewards(RewardConfig()),
+    trimodel = TriModel(actor, reference, build_rewards(reward or RewardConfig()),
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         temperature=1.0, layout=layout, pad_id=tokenizer.pad_token_id, precision=precision)
     return Trainer(trimodel, algo, optim or OptimConfig(lr=1e-3), torch.device("cpu"),
@@ -60,8 +61,28 @@ def params_of(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.trimodel.actor.named_parameters()}
 
 
+def grads_of(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in trainer.trimodel.actor.named_parameters()}
+
+
 def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in a)
+
+
+# ---- plain references for the trainer's gradients ----
+
+def response_logprobs(actor: nn.Module, prompt_ids: list[int], token_ids: list[int]) -> torch.Tensor:
+    """float64 (R,): log-probs of a response's tokens, from one plain forward of prompt + response (no
+    packing, no shared-prompt attention)."""
+    logits = actor(input_ids=torch.tensor([prompt_ids + token_ids])).logits[0].double()
+    P = len(prompt_ids)
+    return torch.log_softmax(logits[P - 1:-1], dim=-1).gather(1, torch.tensor(token_ids)[:, None])[:, 0]
+
+
+def gradients(actor: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d loss / d parameter, by name, without touching the parameters' .grad."""
+    names, params = zip(*actor.named_parameters())
+    return dict(zip(names, torch.autograd.grad(loss, params)))
 
 
 # ---- exactness bounds of the parity tests (tests/parity/) ----

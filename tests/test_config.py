@@ -44,6 +44,8 @@ def test_recipe_and_overrides_merge_into_typed_sections(tmp_path):
     ("model:\n  path: /m\n", ["algorithm.truncated=penalty"], r"algorithm\.overlong_buffer: must be > 0"),
     ("model:\n  path: /m\n", ["algorithm.policy_loss=gspo"], r"algorithm\.loss_aggregation: GSPO averages"),
     ("model:\n  path: /m\n", ["algorithm.ppo_mini_batches=3"], r"algorithm\.ppo_mini_batches: 3 must divide"),
+    ("model:\n  path: /m\n", ["algorithm.truncated=penalty", "algorithm.overlong_buffer=65"],
+     r"algorithm\.overlong_buffer: 65 must be <= rollout\.max_new_tokens \(64\)"),
     ("model:\n  path: /m\n", ["model.dtype=int8"], r"model\.dtype: got 'int8'; allowed: auto, float32"),
 ])
 def test_bad_input_fails_with_one_line_naming_source_and_key(tmp_path, text, overrides, message):

@@ -1,16 +1,21 @@
-"""Several updates per iteration (PPO mini-batches and epochs): real clipping against the rollout policy."""
+"""Several updates per iteration (PPO mini-batches and epochs): real clipping against the rollout policy; every
+advantage estimator and GSPO's sequence-level ratio, each against its formula written out plainly.
+
+The exact comparisons run all in float64 (model.dtype=float64, norms kept in float64: helpers.make_trainer's
+`norms_in_model_dtype`) against EXACT_RTOL."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from engine.config import AlgorithmConfig, OptimConfig
-from engine.controller import mean_metrics
+from engine.config import AlgorithmConfig, Config, ModelConfig, OptimConfig
+from engine.controller import Controller, mean_metrics
 from engine.train import run
 from engine.types import Completion
-from helpers import make_trainer, random_groups
+from helpers import EXACT_RTOL, gradients, grads_of, make_trainer, max_rel_diff, random_groups, response_logprobs
 from test_controller import small_config
 
 
@@ -33,10 +38,7 @@ def _reference_loss(actor, groups, adv_G_list, clip_low, clip_high):
     losses = []
     for group, adv_G in zip(groups, adv_G_list):
         for completion, adv in zip(group.completions, adv_G):
-            ids = torch.tensor([group.prompt.prompt_ids + completion.token_ids])
-            logits = actor(input_ids=ids).logits[0].double()
-            P = len(group.prompt.prompt_ids)
-            logp = torch.log_softmax(logits[P - 1:-1], dim=-1).gather(1, torch.tensor(completion.token_ids)[:, None])[:, 0]
+            logp = response_logprobs(actor, group.prompt.prompt_ids, completion.token_ids)
             ratio = torch.exp(logp - torch.tensor(completion.logprobs, dtype=torch.float64))
             surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
             losses.append(-surrogate)
@@ -71,11 +73,10 @@ def test_gradient_of_a_later_mini_batch_equals_the_plain_ppo_gradient(tiny_model
     trainer.step_mini_batch()
     actor = trainer.trimodel.actor
     advs = [(g.rewards_G - g.rewards_G.mean()) / (g.rewards_G.std(unbiased=False) + 1e-6) for g in groups[2:]]
-    reference = torch.autograd.grad(_reference_loss(actor, groups[2:], advs, 0.2, 0.2), list(actor.parameters()))
+    reference = gradients(actor, _reference_loss(actor, groups[2:], advs, 0.2, 0.2))
     trainer.accumulate(groups[2:])
     trainer.finalize_gradients()
-    for p, g in zip(actor.parameters(), reference):
-        assert ((p.grad - g).abs().max() / g.abs().max().clamp_min(1e-30)).item() < 1e-9
+    assert max_rel_diff(grads_of(trainer), reference) < EXACT_RTOL
 
 
 def test_a_run_with_mini_batches_and_epochs_reports_its_steps(tiny_model_dir, tmp_path):
@@ -85,12 +86,74 @@ def test_a_run_with_mini_batches_and_epochs_reports_its_steps(tiny_model_dir, tm
     assert line["optim/steps"] == 4 and line["policy/version"] == 3
 
 
-@pytest.mark.parametrize("advantage", ["rloo", "dr_grpo", "reinforce_pp", "reinforce_pp_baseline"])
-def test_every_advantage_estimator_runs_in_the_loop(tiny_model_dir, tmp_path, advantage):
-    run(small_config(tiny_model_dir, tmp_path, **{"algorithm.advantage": advantage, "run.iterations": 1}))
+# Each estimator's formula written plainly over rewards_BG (B prompts, G samples), with the config's default
+# std (population: divide by n) and eps 1e-6. No group or batch here has all-equal rewards.
+EPS = 1e-6
+HAND_ADVANTAGES = {
+    "grpo": lambda r: (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, unbiased=False) + EPS),
+    "dr_grpo": lambda r: r - r.mean(1, keepdim=True),
+    "rloo": lambda r: r - (r.sum(1, keepdim=True) - r) / (r.shape[1] - 1),
+    "reinforce_pp": lambda r: (r - r.mean()) / (r.std(unbiased=False) + EPS),
+    "reinforce_pp_baseline": lambda r: HAND_ADVANTAGES["reinforce_pp"](r - r.mean(1, keepdim=True)),
+}
 
 
-def test_gspo_runs_in_the_loop(tiny_model_dir, tmp_path):
-    run(small_config(tiny_model_dir, tmp_path, **{"algorithm.policy_loss": "gspo", "algorithm.clip_low": 3e-4,
-                                                   "algorithm.clip_high": 4e-4, "algorithm.loss_aggregation": "seq_mean",
-                                                   "run.iterations": 1}))
+@pytest.mark.parametrize("advantage", sorted(HAND_ADVANTAGES))
+def test_every_advantage_estimator_drives_the_gradient_in_the_loop(tiny_model_dir, advantage):
+    """The controller's advantage stage, then the trainer: the gradient is the policy gradient of the named
+    estimator's advantages (on-policy, token mean), computed here from its formula."""
+    algo = AlgorithmConfig(advantage=advantage)
+    trainer = make_trainer(tiny_model_dir, layout="expanded", algo=algo, optim=OptimConfig(grad_clip=0.0),
+                           dtype="float64", norms_in_model_dtype=True)
+    groups = _with_rollout_logprobs(trainer, random_groups(3, 4, 256, seed=3))
+    rewards = torch.Generator().manual_seed(4)
+    for group in groups:  # float64 rewards spread over [0, 1): every estimator keeps float64 and differs
+        group.rewards_G = torch.rand(group.group_size, dtype=torch.float64, generator=rewards)
+    hand_BG = HAND_ADVANTAGES[advantage](torch.stack([g.rewards_G for g in groups]))
+    actor = trainer.trimodel.actor
+    reference = gradients(actor, _reference_loss(actor, groups, hand_BG, 0.2, 0.2))
+    cfg = Config(model=ModelConfig(path=str(tiny_model_dir)), algorithm=algo)
+    controller = Controller(SimpleNamespace(cfg=cfg, trainer=trainer, checkpoints=None,
+                                            backend=SimpleNamespace(synchronize=lambda: None)))
+    trainer.accumulate(list(controller._with_advantages(groups)))  # what a run does to the arriving groups
+    trainer.finalize_gradients()
+    assert max_rel_diff(grads_of(trainer), reference) < EXACT_RTOL
+
+
+def _gspo_reference_loss(actor, groups, clip_low, clip_high) -> tuple[torch.Tensor, int]:
+    """GSPO's sequence-level objective written plainly (Zheng et al. 2025, eq. 7): one ratio per sequence,
+    s_i = exp(1/|y_i| * sum_t (logp_t - old_logp_t)), loss = mean_i -min(s_i A_i, clip(s_i) A_i); and how
+    many sequences the clip holds."""
+    objectives, clipped = [], 0
+    for group in groups:
+        for completion, adv in zip(group.completions, group.advantages_G):
+            logp = response_logprobs(actor, group.prompt.prompt_ids, completion.token_ids)
+            s = torch.exp((logp - torch.tensor(completion.logprobs, dtype=torch.float64)).mean())
+            unclipped, held = s * adv, s.clamp(1 - clip_low, 1 + clip_high) * adv
+            clipped += int(held < unclipped)
+            objectives.append(torch.minimum(unclipped, held))
+    return -torch.stack(objectives).mean(), clipped
+
+
+def test_gspo_gradient_is_the_sequence_level_ratio_objectives(tiny_model_dir):
+    """Off-policy (rollout log-probs moved by per-token noise, as after an earlier mini-batch), GSPO's
+    per-token form aggregated by seq_mean has the gradient of the sequence-level objective."""
+    algo = AlgorithmConfig(policy_loss="gspo", loss_aggregation="seq_mean", clip_low=3e-4, clip_high=4e-4,
+                           ppo_mini_batches=2)  # several updates: the old log-probs are the rollout's
+    trainer = make_trainer(tiny_model_dir, layout="expanded", algo=algo, optim=OptimConfig(grad_clip=0.0),
+                           dtype="float64", norms_in_model_dtype=True)
+    groups = _with_rollout_logprobs(trainer, random_groups(4, 4, 256, seed=11))
+    noise = torch.Generator().manual_seed(12)
+    for group in groups:
+        group.completions = [Completion(c.token_ids, (torch.tensor(c.logprobs, dtype=torch.float64) + 1e-3 *
+                                                      torch.randn(len(c.logprobs), generator=noise,
+                                                                  dtype=torch.float64)).tolist(), c.finished)
+                             for c in group.completions]
+        group.advantages_G = torch.randn(group.group_size, generator=noise, dtype=torch.float64)
+    actor = trainer.trimodel.actor
+    loss, clipped = _gspo_reference_loss(actor, groups, 3e-4, 4e-4)
+    assert 0 < clipped < 16  # both branches of the sequence clip are exercised
+    reference = gradients(actor, loss)
+    trainer.accumulate(groups)
+    trainer.finalize_gradients()
+    assert max_rel_diff(grads_of(trainer), reference) < EXACT_RTOL

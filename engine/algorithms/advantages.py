@@ -19,7 +19,7 @@ Which std. `std="sample"` divides the squared deviations by n - 1 (Bessel's corr
 compare against (TRL's GRPOTrainer, verl's compute_grpo_outcome_advantage, OpenRLHF's group_norm) all call
 torch's default, the sample std, so that is our default. The two differ by the constant factor
 sqrt(G / (G - 1)) per run (7% for G = 8): nearly invisible to Adam, but it shifts the balance against a KL
-term. `grpo_advantages`, the older entry point that engine/trainer.py calls, keeps its population std.
+term. A run picks one with `algorithm.std` (engine/config.py), whose default is the population std.
 
 Which REINFORCE++. The paper's REINFORCE++ has no per-prompt baseline: the advantage is the (KL-shaped)
 return, normalised by the mean and std over the whole batch. With outcome rewards and the KL as a loss term,
@@ -173,14 +173,3 @@ def needs_full_batch(name: str) -> bool:
         raise KeyError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGES)}")
     return name in NEEDS_FULL_BATCH
 
-
-def grpo_advantages(rewards_BG: torch.Tensor, normalize_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """The trainer's entry point: GRPO with the POPULATION std, or Dr. GRPO when `normalize_std` is False.
-
-    adv_BG = (r - mean_G(r)) / (std_G(r) + eps) with std dividing by G, in float32. Equivalent to
-    `ADVANTAGES["grpo"](r, std="population", eps=eps)` / `ADVANTAGES["dr_grpo"](r)` on float32 rewards.
-    """
-    rewards_BG = _as_rewards(rewards_BG).float()
-    if not normalize_std:
-        return advantage_dr_grpo(rewards_BG)
-    return advantage_grpo(rewards_BG, std="population", eps=eps)

@@ -3,8 +3,8 @@
 Every loss in `POLICY_LOSSES` has one signature,
 `fn(logp_N, old_logp_N, adv_N, seq_N, clip_low, clip_high, dual_clip=None) -> PolicyLossOutput`, over the
 N response tokens of a micro-batch laid flat (`seq_N[t]` is the index of token t's sequence, >= 0; every
-token of a sequence is a response token). It returns per-token losses; reduction over tokens is done by
-`aggregation.py`, and the KL penalty is added separately (`kl.py`).
+token of a sequence is a response token). It returns per-token losses; the trainer weighs and sums them
+(`Trainer._token_weights`: token_mean or seq_mean), and the KL penalty is added separately (`kl.py`).
 
 grpo: PPO (Schulman et al. 2017, eq. 7), applied per token by GRPO (Shao et al. 2024, eq. 3):
 
@@ -118,19 +118,3 @@ def policy_loss_gspo(logp_N: torch.Tensor, old_logp_N: torch.Tensor, adv_N: torc
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {"grpo": policy_loss_grpo, "gspo": policy_loss_gspo}
 
-
-def clipped_surrogate(
-    logp_T: torch.Tensor,
-    old_logp_T: torch.Tensor,
-    adv_T: torch.Tensor,
-    clip_low: float,
-    clip_high: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trainer's entry point: (loss_T, clipped_T) of `policy_loss_grpo` without dual clip.
-
-    `clipped_T[t]` is True when the clipped term is strictly the smaller one, i.e. ratio > 1 + clip_high
-    with A > 0, or ratio < 1 - clip_low with A < 0; those tokens get no gradient. Its mean over response
-    tokens is the usual clip-fraction metric.
-    """
-    out = _clipped_objective(torch.exp(logp_T - old_logp_T), adv_T, clip_low, clip_high, None)
-    return out.loss_N, out.clipped_N

@@ -89,8 +89,9 @@ class TrainerGroup:
         self.control.broadcast((name, payload))
 
     def close(self) -> None:
-        """After the run's last command: the other ranks return from `follow`."""
+        """After the run's last command: the other ranks return from `follow`; the reward worker stops."""
         self.control.broadcast(("stop", None))
+        self.trainer.close()
 
     def _train_pending(self) -> None:
         """Send each rank its micro-batch of the round (None: a zero-weight backward), then train rank 0's."""

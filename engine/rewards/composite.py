@@ -3,7 +3,8 @@
     reward_G = sum_i weights[i] * functions[i](completion_g, reference[, prompt])
                + model_weight * reward_model(prompt + completion_g)              (reward.model set)
     score_G  = functions[0](...)       # the correctness function: accuracy (score > 0.5), no-answer share and
-                                       # held-out accuracy come from it alone; a timed-out call scores 0
+                                       # held-out accuracy come from it alone; a timed-out or crashed
+                                       # call scores 0
 
 (`TriModel.score` adds the optional overlong penalty on top.) Each function is loaded once by import path
 (registry.py); one whose signature names `prompt` also gets the rendered prompt text. With
@@ -20,7 +21,7 @@ import torch
 from engine.config import RewardConfig
 from engine.rewards.model import RewardModel, load_reward_model
 from engine.rewards.registry import RewardResult, Scorer, load_reward_fn
-from engine.rewards.worker import Call, RewardWorker
+from engine.rewards.worker import Call, CallResults, RewardWorker
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class FunctionScores:
     weighted_G: torch.Tensor  # float32: sum_i weights[i] * scores of function i
     extracted: list[bool]  # the first function's: did it find an answer
     timeouts: int  # calls that ran past the timeout (scored 0, no answer)
+    crashes: int  # calls during which the worker process died (scored 0, no answer)
 
 
 class RewardFunctions:
@@ -46,21 +48,27 @@ class RewardFunctions:
     def score_group(self, completions: Sequence[str], reference: str, prompt: str) -> FunctionScores:
         """Every function on every completion: F * G calls, function-major."""
         F, G = len(self.scorers), len(completions)
-        results, timeouts = self.run([(i, text, reference, prompt) for i in range(F) for text in completions])
-        scores_FG = torch.tensor([r.score for r in results], dtype=torch.float32).view(F, G)
+        out = self.run([(i, text, reference, prompt) for i in range(F) for text in completions])
+        scores_FG = torch.tensor([r.score for r in out.results], dtype=torch.float32).view(F, G)
         weighted_G = (self.weights_F[:, None] * scores_FG).sum(0)  # == scores_G exactly for one weight-1 function
-        return FunctionScores(scores_FG[0], weighted_G, [r.extracted for r in results[:G]], timeouts)
+        return FunctionScores(scores_FG[0], weighted_G, [r.extracted for r in out.results[:G]], out.timeouts,
+                              out.crashes)
 
     def correctness(self, completion: str, reference: str, prompt: str = "") -> RewardResult:
-        """The first function alone (held-out evaluation); a timed-out call is RewardResult(0.0, False)."""
-        (result,), _ = self.run([(0, completion, reference, prompt)])
+        """The first function alone (held-out evaluation); a timed-out or crashed call is RewardResult(0.0, False)."""
+        (result,) = self.run([(0, completion, reference, prompt)]).results
         return result
 
-    def run(self, calls: Sequence[Call]) -> tuple[list[RewardResult], int]:
-        """Results of `calls` in order, and the number that timed out (always 0 in-process)."""
+    def run(self, calls: Sequence[Call]) -> CallResults:
+        """Results of `calls` in order, and how many timed out or crashed (never any in-process)."""
         if self.worker is not None:
             return self.worker.run(calls)
-        return [self.scorers[i](text, reference, prompt) for i, text, reference, prompt in calls], 0
+        return CallResults([self.scorers[i](text, reference, prompt) for i, text, reference, prompt in calls])
+
+    def close(self) -> None:
+        """Stop the worker process, if any (a later call would start a fresh one)."""
+        if self.worker is not None:
+            self.worker.stop()
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +77,10 @@ class Rewards:
 
     functions: RewardFunctions
     model: RewardModel | None = None
+
+    def close(self) -> None:
+        """Release the reward functions' worker process; called once the run is over."""
+        self.functions.close()
 
 
 def build_rewards(cfg: RewardConfig, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32,

@@ -419,8 +419,9 @@ def _make_group(prompt: PromptItem, out, version: int, group_size: int) -> Rollo
 def _check_one_policy(sample, version: int, index: int) -> None:
     """Every token of `sample` was sampled with the weights vLLM was tagged with at `version`."""
     spans = sample.weight_versions
-    if spans is None:
-        return  # this vLLM build reports no versions; load_weights' in-flight check still holds
+    if spans is None:  # trusting it would train on tokens no check has tied to `version`
+        raise RuntimeError(f"prompt {index}: this vLLM build reports no weight versions for its tokens, so the "
+                           f"group cannot be checked to be on-policy (version {version}); use a vLLM that does")
     seen = {span.version for span in spans}
     if seen != {str(version)}:
         raise RuntimeError(f"prompt {index}: vLLM sampled its tokens with weight versions {sorted(seen)}, "

@@ -101,7 +101,7 @@ def test_functions_that_name_prompt_get_the_rendered_prompt(prompt_module):
                        weights=[1.0, 1.0, 1.0])
     rewards = build_rewards(cfg).functions
     group = text_group(["a", "bc"], prompt="Q: hi")
-    results, _ = rewards.run([(i, "a", "42", group.prompt.text) for i in range(3)])
+    results = rewards.run([(i, "a", "42", group.prompt.text) for i in range(3)]).results
     assert [r.score for r in results] == [1.0, 5.0, 0.0]
     trimodel = text_trimodel(cfg)
     trimodel.score(group)

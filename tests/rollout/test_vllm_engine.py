@@ -70,6 +70,12 @@ def test_a_completion_sampled_under_two_weight_versions_is_refused():
         _check_one_policy(SimpleNamespace(weight_versions=[span("2", 0, 5)]), 3, 0)
 
 
+def test_a_completion_without_weight_versions_is_refused_not_trusted():
+    # A vLLM build that reports no per-token weight versions cannot show the group is on-policy.
+    with pytest.raises(RuntimeError, match=r"prompt 7: this vLLM build reports no weight versions"):
+        _check_one_policy(SimpleNamespace(weight_versions=None), 3, 7)
+
+
 # ---------------------------------------------------------------------- engine fixtures
 @pytest.fixture(scope="module")
 def model_dir(vllm_model_dir):
