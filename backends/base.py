@@ -54,7 +54,7 @@ class Backend(Protocol):
         """How weights reach a rollout worker in another process (pipeline.placement=split), from the trainer's
         device to `rollout_device`: "shared_memory" (host buffers), "device_ipc" (buffers on the trainer's
         device that the worker maps), or "collective" (a broadcast over `collective_backend`). The transports
-        themselves live in engine/rollout/weight_sync.py: they need no vendor API beyond these names."""
+        themselves live in engine/rollout/fleet/transports.py: they need no vendor API beyond these names."""
         ...
 
     def rng_state(self) -> dict:

@@ -23,9 +23,9 @@ from engine.parallel.loading import load_sharded_actor, sharded_reference
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
-from engine.rollout.remote import RemoteRolloutEngine
-from engine.rollout.weight_sync import make_transport
-from engine.rollout.worker import WorkerSpec
+from engine.rollout.fleet.fleet import FLEET_FILE, Fleet
+from engine.rollout.fleet.transports import make_transport
+from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.trainer import Trainer
@@ -57,7 +57,7 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
     else:
         trainer = TrainerGroup(trainer, control, env.world_size)
         checkpoints = ShardedCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
-    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer, env)  # last: a worker may start
+    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer, env, run_dir)  # last: workers start
     stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, rollout_model))  # eos + generation_config
     return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, checkpoints,
                       world_size=env.world_size if env else 1, stop_token_ids=stop_ids, startup_peak_bytes=startup_peaks)
@@ -212,12 +212,12 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
 
 
 def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer,
-                  env: DistEnv | None = None) -> RolloutEngine:
+                  env: DistEnv | None = None, run_dir: Path | None = None) -> RolloutEngine:
     """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
     compute-dtype copy, synced from the masters each iteration).
-    split: a rollout worker process with its own copy of the model from the same folder, its own threads
-    (pipeline.rollout_threads) and, on accelerators, pipeline.rollout_device; weights move by the backend's
-    transport."""
+    split: a fleet of rollout worker processes (engine/rollout/fleet/), each with its own copy of the model from
+    the same folder, its own threads (pipeline.rollout_threads) and, on accelerators, its device
+    (pipeline.rollout_devices); weights reach them all by the backend's transport, sent once."""
     precision = trainer.precision
     if cfg.rollout.engine == "vllm":
         return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=vllm_multiprocess(cfg, env))
@@ -225,14 +225,34 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
         return build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
                                     max_batch_sequences=cfg.rollout.max_batch_sequences)
     eos = tokenizer.eos_token_id
-    rollout_device = backend.rollout_device(cfg.pipeline.rollout_device, env.local_world_size if env else 1)
+    devices = rollout_devices(cfg, backend, env)
     compute_model = dataclasses.replace(cfg.model, dtype=str(precision.compute).removeprefix("torch."))
-    spec = WorkerSpec(model_dir=str(folder), model=compute_model,
-                      attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,
-                      device=str(rollout_device), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
-                      max_batch_sequences=cfg.rollout.max_batch_sequences,
-                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-    return RemoteRolloutEngine(spec, make_transport(backend, rollout_device),
-                               weight_specs(trainer.trimodel.actor.named_parameters(), precision),
-                               sync_timeout_s=cfg.pipeline.sync_timeout_s, restart_once=cfg.pipeline.restart_rollout,
-                               stall_timeout_s=cfg.rollout.stall_timeout_s)
+    specs = [WorkerSpec(model_dir=str(folder), model=compute_model,
+                        attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,
+                        device=str(device), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
+                        max_batch_sequences=cfg.rollout.max_batch_sequences,
+                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+             for device in devices]
+    return Fleet(specs, make_transport(backend, devices[0]),
+                 weight_specs(trainer.trimodel.actor.named_parameters(), precision), window=in_flight_window(cfg),
+                 sync_timeout_s=cfg.pipeline.sync_timeout_s, stall_timeout_s=cfg.rollout.stall_timeout_s,
+                 restart=cfg.pipeline.restart_rollout, fleet_file=run_dir / FLEET_FILE if run_dir else None)
+
+
+def rollout_devices(cfg: Config, backend, env: DistEnv | None) -> list[torch.device]:
+    """Each split rollout worker's device: pipeline.rollout_devices, or the backend's default rollout device
+    for every one of pipeline.rollout_workers (on the CPU they split the cores by threads)."""
+    trainers = env.local_world_size if env else 1
+    if cfg.pipeline.rollout_devices:
+        return [backend.rollout_device(index, trainers) for index in cfg.pipeline.rollout_devices]
+    return [backend.rollout_device(-1, trainers)] * cfg.pipeline.rollout_workers
+
+
+def in_flight_window(cfg: Config) -> int:
+    """Prompts per rollout worker in flight (rollout.in_flight; 0: fill the engine under sync, one
+    micro-batch under periodic_async, so groups finish in waves)."""
+    r = cfg.rollout
+    if r.in_flight:
+        return r.in_flight
+    sequences = cfg.optim.micro_batch_size if cfg.pipeline.schedule == "periodic_async" else r.max_batch_sequences
+    return max(1, sequences // r.group_size)

@@ -140,6 +140,11 @@ class RolloutConfig:
     # An engine in another process whose generation has not advanced (no decode step) for this long is taken
     # for dead: a rollout worker, or a multi-process vLLM step (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).
     stall_timeout_s: float = 300.0
+    # Prompts each rollout worker may have in flight (the fleet deals the next one as a group finishes);
+    # 0 = chosen from the schedule: sync fills the engine (max_batch_sequences / G), periodic_async one
+    # micro-batch (optim.micro_batch_size / G), so groups finish in waves the trainer trains on while the
+    # next wave generates, even when every response runs to max_new_tokens.
+    in_flight: int = 0
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self) -> None:
@@ -157,6 +162,8 @@ class RolloutConfig:
             raise ConfigError("rollout.stop: stop strings must be non-empty")
         if self.stall_timeout_s <= 0:
             raise ConfigError(f"rollout.stall_timeout_s: must be > 0, got {self.stall_timeout_s}")
+        if self.in_flight < 0:
+            raise ConfigError(f"rollout.in_flight: must be >= 0 (0 = chosen by the schedule), got {self.in_flight}")
         if self.max_batch_sequences < self.group_size:
             raise ConfigError(f"rollout.max_batch_sequences: must be >= rollout.group_size ({self.group_size}) so "
                               f"a whole group fits, got {self.max_batch_sequences}")
@@ -309,11 +316,17 @@ class PipelineConfig:
     rollout_threads: int = 1  # split: intra-op threads of the rollout worker
     trainer_threads: int = 1  # split: intra-op threads of the trainer process (replaces backend.threads)
     sync_timeout_s: float = 60.0  # a weight sync the worker has not acknowledged by then is an error
-    restart_rollout: bool = False  # split: restart a dead worker once per iteration instead of stopping
-    # split: the local device index the rollout worker generates on; -1 = the first device after this node's
-    # trainer ranks (torchrun --nproc-per-node N), or the trainer's own device when none is left. E.g. on an
-    # 8-GPU node: torchrun --nproc-per-node 6 ... pipeline.rollout_device=6 (6 train, the 7th generates).
-    rollout_device: int = -1
+    # split: when every rollout worker has died, start them again (once per iteration) instead of stopping;
+    # a worker that dies while others live is dropped and its prompts go to the others either way
+    restart_rollout: bool = False
+    # split: how many rollout worker processes generate (engine/rollout/fleet/); on the CPU each gets
+    # pipeline.rollout_threads threads
+    rollout_workers: int = 1
+    # split, accelerators: the local device index of each worker (their number is the worker count); empty =
+    # the first device after this node's trainer ranks (torchrun --nproc-per-node N), or the trainer's own
+    # device when none is left. E.g. on an 8-GPU node: torchrun --nproc-per-node 6 ...
+    # pipeline.rollout_devices=[6,7] (6 train, 2 generate).
+    rollout_devices: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.schedule == "periodic_async" and self.placement != "split":
@@ -324,6 +337,15 @@ class PipelineConfig:
                 raise ConfigError(f"pipeline.{name}: must be >= 1, got {getattr(self, name)}")
         if self.sync_timeout_s <= 0:
             raise ConfigError(f"pipeline.sync_timeout_s: must be > 0, got {self.sync_timeout_s}")
+        if self.rollout_workers < 1:
+            raise ConfigError(f"pipeline.rollout_workers: must be >= 1, got {self.rollout_workers}")
+        if self.rollout_devices and self.rollout_workers not in (1, len(self.rollout_devices)):
+            raise ConfigError(f"pipeline.rollout_workers: {self.rollout_workers} workers but pipeline.rollout_devices "
+                              f"lists {len(self.rollout_devices)}; give one device per worker (or leave the count)")
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.rollout_devices) or self.rollout_workers
 
 
 @dataclass(frozen=True, slots=True)

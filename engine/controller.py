@@ -30,7 +30,7 @@ from engine.algorithms.advantages import ADVANTAGES, needs_full_batch
 from engine.checkpoint import CheckpointError, capture_rng, restore_rng
 from engine.config import Config
 from engine.evaluate import evaluate
-from engine.pipeline.timeline import append_timeline, pipeline_metrics
+from engine.timeline import append_timeline, pipeline_metrics
 from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.rollout.stopping import stop_token_ids
 from engine.runlog import RunLog
@@ -186,8 +186,8 @@ class Controller:
         perf = {M.WORLD_SIZE: float(self.parts.world_size), M.TOKENS_PER_S: n_tokens / elapsed,
                 M.STARTUP_PEAK_BYTES: float(max(self.parts.startup_peak_bytes, default=0)),
                 M.SAMPLES_PER_S: sum(g.group_size for g in sampled) / max(elapsed, 1e-9), M.ITERATION_TIME: elapsed}
-        return {**rollout_metrics(sampled), **step_metrics, **perf, **self.sampling, **self.timer.pop(),
-                **self._pipeline_metrics(k + 1, t0, t1)}
+        return {**rollout_metrics(sampled), **self.parts.rollout.metrics(), **step_metrics, **perf, **self.sampling,
+                **self.timer.pop(), **self._pipeline_metrics(k + 1, t0, t1)}
 
     def _rollout_and_train(self, prompts: list[PromptItem],
                            params: SamplingParams) -> tuple[list[RolloutGroup], dict[str, float]]:

@@ -44,6 +44,8 @@ DROPPED_GROUPS = "rollout/dropped_groups"  # dynamic sampling: groups with all-e
 KEPT_GROUPS = "rollout/kept_groups"  # groups trained on
 SAMPLING_ROUNDS = "rollout/sampling_rounds"  # dynamic sampling: generation rounds this iteration
 TRUNCATED_FRAC = "rollout/truncated_frac"
+ROLLOUT_ENGINES = "rollout/engines"  # rollout engines that generated this iteration (a fleet's live workers)
+REDISPATCHED_PROMPTS = "rollout/redispatched_prompts"  # prompts of an engine that died, dealt to the others
 
 # ------------------------------------------------------------------------------------------------- optim
 GRAD_NORM = "optim/grad_norm"  # global norm before clipping

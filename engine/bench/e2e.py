@@ -157,7 +157,7 @@ def timed_run(cfg: Config) -> RunContext:
 
 def build_report(cfg: Config, ctx: RunContext, run_dir: Path, warmup: int) -> dict:
     from engine.controller import TIMELINE_SPANS_FILE
-    from engine.pipeline.timeline import read_timeline
+    from engine.timeline import read_timeline
     from engine.runlog import read_metrics
 
     lines = [line for line in read_metrics(run_dir) if line[M.ITERATION] > warmup]
@@ -320,9 +320,9 @@ def device_info(cfg: Config, backend) -> dict:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     own_rollout_device = (cfg.pipeline.placement == "split" and backend.device_type != "cpu"
-                          and backend.rollout_device(cfg.pipeline.rollout_device, local).index >= local)
+                          and backend.rollout_device((cfg.pipeline.rollout_devices or [-1])[0], local).index >= local)
     return {"backend": backend.name, "name": backend.device_name(), "count_visible": backend.device_count(),
-            "trainer_devices": world, "rollout_devices": 1, "count_used": world + int(own_rollout_device),
+            "trainer_devices": world, "rollout_devices": cfg.pipeline.worker_count, "count_used": world + int(own_rollout_device),
             "host": platform.node(), "host_cpus": os.cpu_count(),
             "threads": {"backend": cfg.backend.threads, "rollout": cfg.pipeline.rollout_threads,
                         "trainer": cfg.pipeline.trainer_threads, "torch_now": torch.get_num_threads()}}

@@ -170,7 +170,7 @@ def replayed_iteration_s(window: tuple[float, float], spans: list, group_size: i
 def schedule_bound(run_dir: Path, micro_batch_size: int) -> float:
     """sum of split_sync iteration times / sum of their replays, over iterations 2..N."""
     from engine.controller import TIMELINE_SPANS_FILE
-    from engine.pipeline.timeline import read_timeline
+    from engine.timeline import read_timeline
 
     iterations = read_timeline(run_dir / TIMELINE_SPANS_FILE)[1:]
     actual = sum(window[1] - window[0] for _, window, _ in iterations)

@@ -29,6 +29,31 @@ class SamplingParams:
     seed: int = 0  # generation is a pure function of (weights, prompts, params)
 
 
+class PromptSource(Protocol):
+    """Where an engine's prompts come from while it generates: a fixed list, or a fleet's dealer handing each
+    engine more prompts as it frees capacity (engine/rollout/fleet/dealer.py)."""
+
+    def take(self, k: int, wait: bool) -> list[PromptItem] | None:
+        """Up to `k` prompts. [] when none is available now (wait=False); with wait=True it blocks until some
+        are. None: exhausted, no prompt will come any more."""
+        ...
+
+
+class ListSource:
+    """A fixed list of prompts, handed out in order."""
+
+    def __init__(self, prompts: Sequence[PromptItem]) -> None:
+        self._prompts = list(prompts)
+        self._next = 0
+
+    def take(self, k: int, wait: bool) -> list[PromptItem] | None:
+        if self._next >= len(self._prompts):
+            return None
+        out = self._prompts[self._next:self._next + k]
+        self._next += len(out)
+        return out
+
+
 class RolloutEngine(Protocol):
     """Generates G completions per prompt with the weights of one policy version.
 
@@ -49,6 +74,10 @@ class RolloutEngine(Protocol):
     def pop_spans(self) -> list[Span]:
         """The engine's busy intervals since the last call (lane "rollout", stages "generate" and
         "load_weights"), in seconds of `time.perf_counter()` on this host; for the pipeline metrics."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """The engine's figures since the last call: at least `rollout/engines` (how many engines generate)."""
         ...
 
     def close(self) -> None:

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import torch
 
-from engine.metrics import Span, append_engine_span
+from engine.metrics import ROLLOUT_ENGINES, Span, append_engine_span
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params
 from engine.types import Completion, PromptItem, RolloutGroup
@@ -260,6 +260,9 @@ class VllmRolloutEngine:
                 raise RuntimeError(f"vLLM has no unfinished requests but {len(self._in_flight)} never finished")
 
     # ------------------------------------------------------------------ bookkeeping
+    def metrics(self) -> dict[str, float]:
+        return {ROLLOUT_ENGINES: 1.0}
+
     def pop_spans(self) -> list[Span]:
         """Busy intervals since the last call (lane "rollout"; stages "generate", "load_weights"), in seconds of
         this process's `time.perf_counter()`; time the consumer held a suspended generator is not in them."""

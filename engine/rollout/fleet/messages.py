@@ -4,7 +4,9 @@
     LoadWeights(version)                       Ready(pid)                     once, after the model is built
     Generate(request_id, version, prompts,     WeightsLoaded(version, spans)  the ack of a LoadWeights
              params)                           GroupReady(request_id, group)  one per finished group
-    Shutdown()                                 GenerateDone(request_id, spans)
+    Prompts(request_id, prompts)  more of them GenerateDone(request_id, spans) after EndPrompts, all done
+    EndPrompts(request_id)        no more
+    Shutdown()
                                                Refused(request_id, reason)    a Generate for a version it lacks
                                                Failed(where, traceback)       an exception in the worker
                                                Alive(steps)                   every HEARTBEAT_S, from a thread:
@@ -33,6 +35,21 @@ class Generate:
     version: int  # the version the trainer believes the worker holds; the worker refuses any other
     prompts: list[PromptItem]
     params: SamplingParams  # stop ids and stop strings included: the worker stops where a colocated engine would
+
+
+@dataclass(frozen=True, slots=True)
+class Prompts:
+    """More prompts for an open request (the fleet's dealer hands them out as the worker frees capacity)."""
+
+    request_id: int
+    prompts: list[PromptItem]
+
+
+@dataclass(frozen=True, slots=True)
+class EndPrompts:
+    """No more prompts for this request: finish what is in flight, then GenerateDone."""
+
+    request_id: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,11 @@
-"""The pipeline/* metrics from spans (engine/pipeline/timeline.py), on hand-made timelines."""
+"""The pipeline/* metrics from spans (engine/timeline.py), on hand-made timelines."""
 from __future__ import annotations
 
 import pytest
 
 from engine import metrics as M
 from engine.metrics import Span
-from engine.pipeline.timeline import intersect, pipeline_metrics, union
+from engine.timeline import intersect, pipeline_metrics, union
 
 
 def test_union_and_intersection_of_intervals():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.controller import Controller
-from engine.rollout.remote import _describe_exit
+from engine.rollout.fleet.process import _describe_exit
 from engine.train import run
 from test_controller import small_config
 
@@ -19,7 +19,7 @@ def test_an_interrupted_run_stops_its_worker(tiny_model_dir, tmp_path):
 
     def interrupted(self, k):
         if k == 1:
-            seen["pid"] = self.parts.rollout.pid
+            seen["pid"] = self.parts.rollout.pids[0]
             raise KeyboardInterrupt("Ctrl-C")
         return iteration(self, k)
 

@@ -62,8 +62,9 @@ class WeightSyncTransport(Protocol):
     name: str  # "shared_memory" | "device_ipc" | "<collective>_broadcast"
 
     def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                receiver_device: torch.device) -> tuple[WeightSender, WeightReceiver]:
-        """Allocate, once, what syncing tensors of these names, shapes and dtypes needs."""
+                receiver_devices: list[torch.device]) -> tuple[WeightSender, list[WeightReceiver]]:
+        """Allocate, once, what syncing tensors of these names, shapes and dtypes to workers on these devices
+        needs: one sender, one receiver per worker (a send reaches them all)."""
         ...
 
 
@@ -137,13 +138,15 @@ class SharedBufferTransport:
         self._synchronize = synchronize
 
     def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                receiver_device: torch.device) -> tuple[SharedBufferSender, SharedBufferReceiver]:
+                receiver_devices: list[torch.device]) -> tuple[SharedBufferSender, list[SharedBufferReceiver]]:
+        """One set of buffers for every worker: each reads the same memory."""
         slots, totals = plan_slots(named_tensors)
         flat = {dtype: torch.zeros(n, dtype=dtype, device=self.device) for dtype, n in totals.items()}
         if self.device.type == "cpu":
             for buffer in flat.values():
                 buffer.share_memory_()
-        return SharedBufferSender(slots, flat, self._synchronize), SharedBufferReceiver(slots, flat)
+        receiver = SharedBufferReceiver(slots, flat)
+        return SharedBufferSender(slots, flat, self._synchronize), [receiver] * len(receiver_devices)
 
 
 class SharedBufferSender:
@@ -202,17 +205,20 @@ class CollectiveBroadcastTransport:
         self.host = host
 
     def connect(self, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                receiver_device: torch.device) -> tuple[CollectiveSender, CollectiveReceiver]:
+                receiver_devices: list[torch.device]) -> tuple[CollectiveSender, list[CollectiveReceiver]]:
+        """One group: the trainer (rank 0) and worker i (rank i + 1); a send is one broadcast per dtype."""
         slots, totals = plan_slots(named_tensors)
         address = f"tcp://{self.host}:{_free_port(self.host)}"
-        return (CollectiveSender(self.collective_backend, address, slots, totals, torch.device(self.device)),
-                CollectiveReceiver(self.collective_backend, address, slots, totals, str(receiver_device)))
+        world = 1 + len(receiver_devices)
+        sender = CollectiveSender(self.collective_backend, address, slots, totals, torch.device(self.device), world)
+        return sender, [CollectiveReceiver(self.collective_backend, address, slots, totals, str(device), world, i + 1)
+                        for i, device in enumerate(receiver_devices)]
 
 
 class CollectiveSender:
     def __init__(self, backend: str, address: str, slots: list[TensorSlot], totals: dict[torch.dtype, int],
-                 device: torch.device) -> None:
-        self._backend, self._address = backend, address
+                 device: torch.device, world_size: int = 2) -> None:
+        self._backend, self._address, self._world = backend, address, world_size
         self._flat = {dtype: torch.zeros(n, dtype=dtype, device=device) for dtype, n in totals.items()}
         self._views = slot_views(slots, self._flat)
         self._joined = False
@@ -221,7 +227,7 @@ class CollectiveSender:
         import torch.distributed as dist
 
         if not self._joined:  # the worker joined in receiver.open(), before it read any message
-            dist.init_process_group(self._backend, init_method=self._address, world_size=2, rank=0)
+            dist.init_process_group(self._backend, init_method=self._address, world_size=self._world, rank=0)
             self._joined = True
         pack_into(self._views, named_tensors)
         self.resend()
@@ -244,14 +250,15 @@ class CollectiveReceiver:
     """Picklable: carries only the rendezvous address and the layout; buffers are made in the worker."""
 
     def __init__(self, backend: str, address: str, slots: list[TensorSlot], totals: dict[torch.dtype, int],
-                 device: str) -> None:
+                 device: str, world_size: int = 2, rank: int = 1) -> None:
         self.backend, self.address, self.slots, self.totals, self.device = backend, address, slots, totals, device
+        self.world_size, self.rank = world_size, rank
         self._flat: dict[torch.dtype, torch.Tensor] = {}
 
     def open(self) -> None:
         import torch.distributed as dist
 
-        dist.init_process_group(self.backend, init_method=self.address, world_size=2, rank=1)
+        dist.init_process_group(self.backend, init_method=self.address, world_size=self.world_size, rank=self.rank)
         self._flat = {dtype: torch.zeros(n, dtype=dtype, device=self.device) for dtype, n in self.totals.items()}
 
     def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -269,7 +276,7 @@ class CollectiveReceiver:
 
     def __getstate__(self) -> dict:
         return {"backend": self.backend, "address": self.address, "slots": self.slots, "totals": self.totals,
-                "device": self.device}
+                "device": self.device, "world_size": self.world_size, "rank": self.rank}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)

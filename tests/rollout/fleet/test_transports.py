@@ -1,4 +1,4 @@
-"""Weight-sync transports (engine/rollout/weight_sync.py) built from the method each backend names."""
+"""Weight-sync transports (engine/rollout/fleet/transports.py) built from the method each backend names."""
 from __future__ import annotations
 
 import pytest
@@ -7,14 +7,14 @@ import torch
 from backends import get_backend
 from backends.ascend.backend import AscendBackend
 from backends.cuda.backend import CudaBackend
-from engine.rollout.weight_sync import make_transport
+from engine.rollout.fleet.transports import make_transport
 
 
 def test_cpu_weight_sync_goes_through_shared_memory_buffers():
     transport = make_transport(get_backend("cpu"), torch.device("cpu"))
     assert transport.name == "shared_memory"
     weights = [("w", torch.randn(3, 4)), ("b", torch.randn(4)), ("steps", torch.arange(3))]
-    sender, receiver = transport.connect(weights, torch.device("cpu"))
+    sender, (receiver,) = transport.connect(weights, [torch.device("cpu")])
     assert all(buffer.is_shared() for buffer in receiver.flat.values())  # one buffer per dtype
     assert len(receiver.flat) == 2
     sender.send([(name, t + 1) for name, t in weights])

@@ -1,5 +1,6 @@
-"""The rollout worker process behind the RolloutEngine protocol: same groups as in-process, versions checked on
-both sides, a hung sync times out, a dead worker is restarted once and regenerates only what was missing."""
+"""One rollout worker process behind the fleet's RolloutEngine: same groups as in-process, versions checked on
+both sides, a hung sync times out, a dead worker is restarted (pipeline.restart_rollout) and regenerates only
+what was missing, with the version it was synced to."""
 from __future__ import annotations
 
 import os
@@ -14,10 +15,10 @@ from transformers import GenerationConfig
 from backends import get_backend
 from engine.config import ModelConfig
 from engine.models import load_causal_lm, load_tokenizer
-from engine.rollout.weight_sync import make_transport
-from engine.rollout.remote import (RemoteRolloutEngine, RolloutWorkerError, RolloutWorkerStalled, WeightSyncTimeout,
-                                   WeightVersionError)
-from engine.rollout.worker import WorkerSpec
+from engine.rollout.fleet.transports import make_transport
+from engine.rollout.fleet.fleet import Fleet, NoRolloutEngineLeft
+from engine.rollout.fleet.process import WeightSyncTimeout, WeightVersionError
+from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout.base import SamplingParams
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import StopStrings, stop_token_ids, token_decoder
@@ -45,12 +46,16 @@ def engine(tiny_model_dir, actor_and_tokenizer):
     # The spec names the run's compute dtype (build_rollout resolves model.dtype=auto before it gets here).
     spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir), dtype="float32"), "portable", "cpu",
                       1, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    engine = RemoteRolloutEngine(spec, make_transport(get_backend("cpu"), torch.device("cpu")), actor.named_parameters(),
-                                 sync_timeout_s=30.0)
+    engine = one_worker(spec, actor, sync_timeout_s=30.0)
     yield engine
-    pid = engine.pid
+    pid = engine.pids[0]
     engine.close()
     assert not Path(f"/proc/{pid}").exists()  # stopped and reaped: no zombie left behind
+
+
+def one_worker(spec: WorkerSpec, actor, **options) -> Fleet:
+    options = {"window": 64, "stall_timeout_s": 300.0, **options}
+    return Fleet([spec], make_transport(get_backend("cpu"), torch.device("cpu")), actor.named_parameters(), **options)
 
 
 def prompts(tokenizer, n: int) -> list[PromptItem]:
@@ -126,15 +131,15 @@ def test_a_dead_worker_is_restarted_once_and_regenerates_only_the_missing_prompt
     params = SamplingParams(n=2, max_new_tokens=120, seed=3)  # long and varied: groups finish far apart
     engine.load_weights(actor.named_parameters(), version=6)
     expected = tokens(engine.generate(prompts(tokenizer, 8), params))
-    engine.restart_once = True
+    engine.restart = True
     engine.load_weights(actor.named_parameters(), version=7)  # a new version grants one restart
     stream = engine.generate(prompts(tokenizer, 8), params)
     first = next(stream)
-    os.kill(engine.pid, signal.SIGKILL)
+    os.kill(engine.pids[0], signal.SIGKILL)
     rest = list(stream)
-    assert engine.restarts == 1 and engine.version == 7
+    assert engine.members[0].restarts == 1 and engine.version == 7
     assert tokens([first, *rest]) == expected and all(g.version == 7 for g in rest)
-    engine.restart_once = False
+    engine.restart = False
 
 
 def test_a_restarted_worker_gets_the_synced_version_not_weights_stepped_since(engine, actor_and_tokenizer):
@@ -144,7 +149,7 @@ def test_a_restarted_worker_gets_the_synced_version_not_weights_stepped_since(en
     params = SamplingParams(n=2, max_new_tokens=120, seed=5)
     engine.load_weights(actor.named_parameters(), version=10)
     expected = tokens(engine.generate(prompts(tokenizer, 8), params))
-    engine.restart_once = True
+    engine.restart = True
     engine.load_weights(actor.named_parameters(), version=11)
     stream = engine.generate(prompts(tokenizer, 8), params)
     first = next(stream)
@@ -153,30 +158,31 @@ def test_a_restarted_worker_gets_the_synced_version_not_weights_stepped_since(en
         with torch.no_grad():  # a mini-batch step of the float32 masters the sync published
             for p in actor.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-        os.kill(engine.pid, signal.SIGKILL)
+        os.kill(engine.pids[0], signal.SIGKILL)
         rest = list(stream)
     finally:
         with torch.no_grad():
             for p, value in zip(actor.parameters(), saved):
                 p.copy_(value)
-        engine.restart_once = False
-    assert engine.restarts >= 1 and tokens([first, *rest]) == {k: v for k, v in expected.items()}
+        engine.restart = False
+    assert engine.members[0].restarts >= 1 and tokens([first, *rest]) == {k: v for k, v in expected.items()}
 
 
 def test_a_sync_the_worker_does_not_acknowledge_in_time_raises(engine, actor_and_tokenizer):
     actor, _ = actor_and_tokenizer
     engine.sync_timeout_s = 1.0
-    os.kill(engine.pid, signal.SIGSTOP)  # alive but hung
+    pid = engine.pids[0]
+    os.kill(pid, signal.SIGSTOP)  # alive but hung
     start = time.perf_counter()
     try:
         with pytest.raises(WeightSyncTimeout, match=r"did not acknowledge weights version 8 within "
                                                     r"pipeline.sync_timeout_s=1s"):
             engine.load_weights(actor.named_parameters(), version=8)
     finally:
-        os.kill(engine.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
     assert time.perf_counter() - start < 5.0
-    with pytest.raises(RolloutWorkerError, match="unusable since a sync of weights version 8 timed out"):
-        engine.load_weights(actor.named_parameters(), version=9)
+    with pytest.raises(NoRolloutEngineLeft, match="no rollout worker acknowledged weights version 9"):
+        engine.load_weights(actor.named_parameters(), version=9)  # the hung one was dropped
 
 
 def test_a_worker_that_stops_making_progress_mid_generate_is_reported_within_the_stall_timeout(
@@ -184,17 +190,17 @@ def test_a_worker_that_stops_making_progress_mid_generate_is_reported_within_the
     actor, tokenizer = actor_and_tokenizer
     spec = WorkerSpec(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir), dtype="float32"), "portable", "cpu",
                       1, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    engine = RemoteRolloutEngine(spec, make_transport(get_backend("cpu"), torch.device("cpu")),
-                                 actor.named_parameters(), sync_timeout_s=30.0, stall_timeout_s=3.0)
+    engine = one_worker(spec, actor, sync_timeout_s=30.0, stall_timeout_s=3.0)
+    pid = engine.pids[0]
     try:
         engine.load_weights(actor.named_parameters(), version=1)
         stream = engine.generate(prompts(tokenizer, 8), SamplingParams(n=2, max_new_tokens=120, seed=3))
         next(stream)
-        os.kill(engine.pid, signal.SIGSTOP)  # alive, silent: no heartbeat, no progress
+        os.kill(pid, signal.SIGSTOP)  # alive, silent: no heartbeat, no progress
         start = time.perf_counter()
-        with pytest.raises(RolloutWorkerStalled, match=r"made no progress for \d+ s \(rollout.stall_timeout_s=3\)"):
+        with pytest.raises(NoRolloutEngineLeft, match=r"made no progress for 3 s \(rollout.stall_timeout_s\)"):
             list(stream)
         assert time.perf_counter() - start < 10.0
     finally:
-        os.kill(engine.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
         engine.close()

@@ -5,9 +5,10 @@
     beat:  a thread sends Alive(decode steps so far) every HEARTBEAT_S, so the trainer tells a slow worker from a
            stalled one (its steps stop advancing) or a stopped one (nothing arrives)
     loop:  LoadWeights(k) -> copy the transport's buffers into the model, ack WeightsLoaded(k)
-           Generate(k)    -> refuse unless the model holds version k; else stream GroupReady per finished
-                             group (native engine, continuous batching), then GenerateDone. Stop ids and
-                             stop strings come in the request's SamplingParams, as in a colocated run
+           Generate(k)    -> refuse unless the model holds version k; else generate its prompts, admitting
+                             those of later Prompts messages as rows free up (continuous batching), stream
+                             GroupReady per finished group, and after EndPrompts and the last group send
+                             GenerateDone. Stop ids and stop strings come in the request's SamplingParams
            Shutdown or the trainer gone (EOF on the pipe) -> exit
 
 SIGINT is ignored: Ctrl-C reaches every process of the terminal's group, and the trainer, not the worker,
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from engine.rollout.weight_sync import WeightReceiver
+from engine.rollout.fleet.transports import WeightReceiver
 from engine.config import ModelConfig
-from engine.rollout.messages import (Alive, Failed, Generate, GenerateDone, GroupReady, LoadWeights, Ready, Refused,
-                                      Shutdown, WeightsLoaded)
+from engine.rollout.fleet.messages import (Alive, EndPrompts, Failed, Generate, GenerateDone, GroupReady, LoadWeights,
+                                           Prompts, Ready, Refused, Shutdown, WeightsLoaded)
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import token_decoder
 
@@ -120,7 +121,7 @@ def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Conne
                 engine.load_weights(receiver.receive(), message.version)
                 replies.send(WeightsLoaded(message.version, engine.pop_spans()))
             elif isinstance(message, Generate):
-                _generate(engine, message, replies)
+                _generate(engine, message, requests, replies)
             else:
                 raise TypeError(f"unexpected message {type(message).__name__}")
         except (BrokenPipeError, ConnectionResetError):
@@ -129,11 +130,48 @@ def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Conne
             replies.send(Failed(type(message).__name__, traceback.format_exc()))
 
 
-def _generate(engine: NativeRolloutEngine, request: Generate, replies: Replies) -> None:
+def _generate(engine: NativeRolloutEngine, request: Generate, requests: Connection, replies: Replies) -> None:
     if request.version != engine.version:
         replies.send(Refused(request.request_id, f"the worker holds weights version {engine.version}, "
                                                  f"the request is for version {request.version}"))
         return
-    for group in engine.generate(request.prompts, request.params):
+    source = RequestSource(request, requests)
+    for group in engine.generate(source, request.params):
         replies.send(GroupReady(request.request_id, group))
     replies.send(GenerateDone(request.request_id, engine.pop_spans()))
+    if source.shutdown:
+        raise EOFError  # the trainer asked to stop mid-request: leave the serving loop
+
+
+class RequestSource:
+    """The prompts of one request: its first ones, then those of Prompts messages until EndPrompts (the
+    engine's PromptSource, read from the request pipe)."""
+
+    def __init__(self, request: Generate, requests: Connection) -> None:
+        self.request_id = request.request_id
+        self.requests = requests
+        self.waiting = list(request.prompts)
+        self.ended = False
+        self.shutdown = False
+
+    def take(self, k: int, wait: bool) -> list | None:
+        self._read(block=wait and not self.waiting)
+        if not self.waiting:
+            return None if self.ended else []
+        out, self.waiting = self.waiting[:k], self.waiting[k:]
+        return out
+
+    def _read(self, block: bool) -> None:
+        """Every message already in the pipe (and, with `block`, the next one while none has arrived)."""
+        while not self.ended and (self.requests.poll(0) or block):
+            message = self.requests.recv()
+            block = False
+            if isinstance(message, Prompts) and message.request_id == self.request_id:
+                self.waiting.extend(message.prompts)
+            elif isinstance(message, EndPrompts) and message.request_id == self.request_id:
+                self.ended = True
+            elif isinstance(message, Shutdown):
+                self.ended = self.shutdown = True
+                self.waiting = []
+            elif not isinstance(message, (Prompts, EndPrompts)):  # another request's tail is dropped
+                raise TypeError(f"unexpected {type(message).__name__} during generate request {self.request_id}")

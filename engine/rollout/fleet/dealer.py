@@ -1,0 +1,71 @@
+"""The dealer: which engine of the fleet generates which of the iteration's prompts.
+
+Dealing is dynamic: an engine is handed prompts while it has fewer than its window in flight (its own batch
+capacity, or the periodic_async wave size), one more each time one of its groups finishes. A long-tail engine
+is not handed more, so the iteration ends when the last group ends, not when the slowest engine's fixed share
+does. An engine that dies gives its unfinished prompts back (`reclaim`); they go first to whichever engine has
+room next, with the same per-prompt seeds, so they come out as the dead engine would have made them.
+
+    waiting:  [p5 p6 p7 ...]          (reclaimed prompts go back to the front)
+    engine a: in flight {p0, p2}      window 2
+    engine b: in flight {p1, p3, p4}  window 3
+    done:     {...}                   the call ends when every prompt is done
+
+Thread-safe: the fleet's reader threads deal (a group arrived, a worker died) while the controller waits.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Hashable, Sequence
+
+from engine.types import PromptItem
+
+Member = Hashable
+
+
+class Dealer:
+    def __init__(self, prompts: Sequence[PromptItem]) -> None:
+        self._waiting: deque[PromptItem] = deque(prompts)
+        self._in_flight: dict[Member, dict[int, PromptItem]] = {}
+        self._open = len(prompts)  # prompts not done yet
+        self.redispatched = 0  # prompts given back by a dead engine and dealt again
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+
+    def take(self, member: Member, window: int) -> list[PromptItem]:
+        """Prompts for `member` until it has `window` in flight (none when nothing waits)."""
+        with self.lock:
+            mine = self._in_flight.setdefault(member, {})
+            out = []
+            while self._waiting and len(mine) < window:
+                item = self._waiting.popleft()
+                mine[item.index] = item
+                out.append(item)
+            return out
+
+    def done(self, member: Member, index: int) -> None:
+        """`member` delivered the group of prompt `index`."""
+        with self.lock:
+            self._in_flight.get(member, {}).pop(index)
+            self._open -= 1
+            self.changed.notify_all()
+
+    def reclaim(self, member: Member) -> list[PromptItem]:
+        """`member` is gone: its unfinished prompts wait again, first in line, and are returned."""
+        with self.lock:
+            lost = list(self._in_flight.pop(member, {}).values())
+            self._waiting.extendleft(reversed(lost))
+            self.redispatched += len(lost)
+            self.changed.notify_all()
+            return lost
+
+    @property
+    def finished(self) -> bool:
+        with self.lock:
+            return self._open == 0
+
+    @property
+    def waiting(self) -> int:
+        with self.lock:
+            return len(self._waiting)

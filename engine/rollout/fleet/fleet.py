@@ -1,0 +1,369 @@
+"""The fleet: several rollout worker processes behind one RolloutEngine, the controller's view of them.
+
+    controller              Fleet                                  worker 0 .. worker N-1 (fleet/worker.py)
+    load_weights(k)  --->   transport.send once (shared buffers    LoadWeights(k) -> copy -> ack
+                            or one collective per dtype); acks
+    generate(P)      --->   Dealer(P): each worker gets prompts    Generate(first prompts) ...
+                            up to its window; each finished        GroupReady -> (reader thread) Prompts(next)
+    <--- one stream  <---   group is yielded as it arrives         EndPrompts when every group is in -> Done
+
+Dealing happens in the workers' reader threads, so a worker gets its next prompt the moment a group of its
+finishes, even while the trainer trains (periodic_async). Every group still carries the version every
+worker acknowledged, and the trainer checks it.
+
+Faults: a worker whose process exits, or whose decode steps stop advancing for `stall_timeout_s` (it is
+then killed), is dropped: its unfinished prompts are dealt to the others (same per-prompt seeds, same
+version) and `rollout/redispatched_prompts` counts them. When no worker is left the run stops with one line,
+unless `restart` (pipeline.restart_rollout), which starts dead workers again (once per iteration), synced to
+the current version from the transport's buffers. Between iterations dead workers rejoin that way too.
+Every wait is bounded: start-up, acks (sync_timeout_s), generation (stall_timeout_s), the end of a request.
+`fleet.json` lists the members (id, host, device, pid, engine, version, alive).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine import metrics as M
+from engine.metrics import Span
+from engine.rollout.base import SamplingParams
+from engine.rollout.fleet.dealer import Dealer
+from engine.rollout.fleet.messages import (EndPrompts, Failed, Generate, GenerateDone, GroupReady, LoadWeights, Prompts,
+                                           Refused, WeightsLoaded)
+from engine.rollout.fleet.process import (POLL_S, STARTUP_TIMEOUT_S, Closed, RolloutWorkerDied, RolloutWorkerError,
+                                          WeightSyncTimeout, WeightVersionError, WorkerProcess)
+from engine.rollout.fleet.transports import WeightSyncTransport
+from engine.rollout.fleet.worker import WorkerSpec
+from engine.rollout.sampling import check_sampling_params
+from engine.types import PromptItem, RolloutGroup
+
+
+FLEET_FILE = "fleet.json"  # in the run folder
+
+
+class NoRolloutEngineLeft(RolloutWorkerError):
+    """Every worker of the fleet is gone (and restarting was not allowed or did not help)."""
+
+
+@dataclass(slots=True)
+class Member:
+    """One worker of the fleet; `window` is how many prompts it may have in flight."""
+
+    id: int
+    spec: WorkerSpec
+    window: int
+    process: WorkerProcess | None = None
+    alive: bool = False
+    version: int = -1
+    in_request: bool = False
+    restarts: int = 0  # processes started after the first
+    generation: int = 0  # which of its processes is current (a reader thread of an older one is ignored)
+    restarted_at: int = -1  # the version at which it was last restarted mid-generate (once per iteration)
+    lost: str = ""  # why it was last dropped
+    spans: list[Span] = field(default_factory=list)
+
+    @property
+    def lane(self) -> str:
+        return f"rollout-{self.id}"
+
+
+@dataclass(slots=True)
+class _Call:
+    """One generate() call: its prompts' dealer and the stream of what the workers send back."""
+
+    id: int
+    dealer: Dealer
+    params: SamplingParams
+    total: int  # prompts of the call
+    out: queue.Queue = field(default_factory=queue.Queue)  # groups, and markers from the reader threads
+    done: set[int] = field(default_factory=set)  # members that sent GenerateDone
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    member: int
+
+
+class Fleet:
+    """RolloutEngine (engine/rollout/base.py) over `len(specs)` rollout worker processes; module docstring."""
+
+    def __init__(self, specs: Sequence[WorkerSpec], transport: WeightSyncTransport,
+                 named_tensors: Iterable[tuple[str, torch.Tensor]], *, window: int, sync_timeout_s: float,
+                 stall_timeout_s: float, restart: bool = False, fleet_file: Path | None = None) -> None:
+        self.sync_timeout_s, self.stall_timeout_s, self.restart = sync_timeout_s, stall_timeout_s, restart
+        self.fleet_file = fleet_file
+        self.version = 0  # the workers start from the model folder: the trainer's version 0
+        self._sender, self._receivers = transport.connect(named_tensors, [torch.device(s.device) for s in specs])
+        self.members = [Member(i, spec, window) for i, spec in enumerate(specs)]
+        self._lock = threading.RLock()
+        self._call: _Call | None = None
+        self._call_ids = itertools.count()
+        self._redispatched = 0
+        for member in self.members:
+            self._start(member)
+        self._finalizer = weakref.finalize(self, _stop_all, self.members)
+
+    # ------------------------------------------------------------------ RolloutEngine
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Publish the weights once through the transport; every live worker acknowledges `version` (one that
+        does not is dropped). Dead workers rejoin first when `restart` is on."""
+        self._sender.send(named_tensors)
+        if self.restart:
+            for member in self.members:
+                if not member.alive:
+                    self._start(member)
+        for member in self._live():
+            self._sync(member, version)
+        if not self._live():
+            raise NoRolloutEngineLeft(f"no rollout worker acknowledged weights version {version}")
+        self.version = version
+        self._write_fleet_file()
+
+    def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
+        """Deal `prompts` to the workers now; the iterator yields each group as it arrives (completion order)."""
+        check_sampling_params(params)
+        prompts = list(prompts)
+        if any(not p.prompt_ids for p in prompts):
+            raise ValueError("a prompt has no tokens: there is nothing to condition on")
+        call = _Call(next(self._call_ids), Dealer(prompts), params, len(prompts))
+        with self._lock:
+            self._call = call
+            for member in self._live():
+                self._open(member, call)
+        return self._stream(call)
+
+    def pop_spans(self) -> list[Span]:
+        """Every worker's busy intervals since the last call, each in its own lane `rollout-<id>`."""
+        out = []
+        for member in self.members:
+            out, member.spans = out + member.spans, []
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """The fleet's figures for the iteration: live engines and prompts dealt again after a death."""
+        redispatched, self._redispatched = self._redispatched, 0
+        return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched)}
+
+    def close(self) -> None:
+        """Stop and reap every worker, release the transport. Idempotent."""
+        self._finalizer()
+        self._sender.close()
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [m.process.pid if m.alive else None for m in self.members]
+
+    # ------------------------------------------------------------------ workers
+    def _start(self, member: Member) -> None:
+        if member.process is not None:
+            member.process.stop()
+            member.restarts += 1
+        member.generation += 1
+        generation = member.generation
+        member.process = WorkerProcess(member.spec, self._receivers[member.id],
+                                       on_message=lambda message: self._on_message(member, generation, message))
+        member.alive, member.version, member.in_request = True, -1, False
+
+    def _live(self) -> list[Member]:
+        return [m for m in self.members if m.alive]
+
+    def _sync(self, member: Member, version: int) -> None:
+        """Tell `member` the transport holds `version`; wait for its ack (it is dropped if none comes)."""
+        doing = f"loading weights version {version}"
+        try:
+            self._await_ready(member)
+            member.process.send(LoadWeights(version), doing)
+            reply = member.process.receive(doing, time.perf_counter() + self.sync_timeout_s)
+        except TimeoutError:
+            self._drop(member, f"did not acknowledge weights version {version} within "
+                               f"pipeline.sync_timeout_s={self.sync_timeout_s:g}s")
+            raise WeightSyncTimeout(f"rollout worker {member.id} (pid {member.process.pid}) did not acknowledge "
+                                    f"weights version {version} within pipeline.sync_timeout_s="
+                                    f"{self.sync_timeout_s:g}s") from None
+        except RolloutWorkerDied as died:
+            self._drop(member, str(died))
+            return
+        if not isinstance(reply, WeightsLoaded) or reply.version != version:
+            raise WeightVersionError(f"weight sync: sent version {version}, rollout worker {member.id} answered "
+                                     f"{reply}")
+        member.spans.extend(s._replace(lane=member.lane) for s in reply.spans)
+        member.version = version
+
+    def _await_ready(self, member: Member) -> None:
+        if member.process.ready:
+            return
+        try:
+            member.process.receive("starting up (loading the model)", time.perf_counter() + STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            raise RolloutWorkerError(f"rollout worker {member.id} (pid {member.process.pid}) did not start within "
+                                     f"{STARTUP_TIMEOUT_S:g}s") from None
+        member.process.ready = True
+
+    def _drop(self, member: Member, why: str) -> None:
+        """`member` is out: its unfinished prompts go to the live workers with room."""
+        with self._lock:
+            if not member.alive:
+                return
+            member.alive = member.in_request = False
+            member.lost = f"worker {member.id}: {why}"
+            member.process.kill()
+            call = self._call
+            if call is None:
+                return
+            self._redispatched += len(call.dealer.reclaim(member.id))
+            for other in self._live():
+                if other.in_request:
+                    self._deal(other, call)
+            call.out.put(_Lost(member.id))
+
+    # ------------------------------------------------------------------ one generate call
+    def _stream(self, call: _Call) -> Iterator[RolloutGroup]:
+        if not self._live():
+            self._restart_or_raise(call)
+        try:
+            for _ in range(call.total):  # every prompt's group, whichever worker made it
+                group = None
+                while group is None:
+                    group = self._next_group(call)
+                yield group
+            self._end(call)
+        finally:
+            with self._lock:
+                self._call = None
+
+    def _open(self, member: Member, call: _Call) -> None:
+        first = call.dealer.take(member.id, member.window)
+        member.in_request = True
+        member.process.progress_at = time.monotonic()
+        try:
+            member.process.send(Generate(call.id, self.version, first, call.params), "receiving a generate request")
+        except RolloutWorkerDied as died:
+            self._drop(member, str(died))
+
+    def _deal(self, member: Member, call: _Call) -> None:
+        more = call.dealer.take(member.id, member.window)
+        if more:
+            try:
+                member.process.send(Prompts(call.id, more), "receiving prompts")
+            except RolloutWorkerDied:
+                pass  # its reader reports it Closed, and the prompts are reclaimed then
+
+    def _next_group(self, call: _Call) -> RolloutGroup | None:
+        """The next group from any worker, or None after a slice without one (stalls checked in between)."""
+        try:
+            item = call.out.get(timeout=POLL_S)
+        except queue.Empty:
+            self._kill_stalled()
+            return None
+        if isinstance(item, RolloutGroup):
+            return item
+        if isinstance(item, _Lost) and not self._live():
+            self._restart_or_raise(call)
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return None
+
+    def _kill_stalled(self) -> None:
+        for member in self._live():
+            if member.in_request and member.process.stalled_for() > self.stall_timeout_s:
+                self._drop(member, f"made no progress for {self.stall_timeout_s:g} s (rollout.stall_timeout_s)")
+
+    def _restart_or_raise(self, call: _Call) -> None:
+        dead = [m for m in self.members if not m.alive and m.restarted_at != self.version]
+        if not self.restart or not dead:
+            lost = "; ".join(m.lost for m in self.members)
+            raise NoRolloutEngineLeft(f"every rollout worker is gone while generating at version {self.version} "
+                                      f"({lost}); pipeline.restart_rollout=true starts them again once per iteration")
+        self._sender.resend()  # the version they held, from the transport: the trainer may have stepped since
+        for member in dead:
+            self._start(member)
+            member.restarted_at = self.version  # once per iteration
+            self._sync(member, self.version)
+        with self._lock:
+            for member in self._live():
+                self._open(member, call)
+
+    def _end(self, call: _Call) -> None:
+        """Every group is in: tell the workers, and collect their GenerateDone (bounded)."""
+        with self._lock:
+            open_members = [m for m in self._live() if m.in_request]
+            for member in open_members:
+                member.process.send(EndPrompts(call.id), "ending a generate request")
+        deadline = time.monotonic() + self.sync_timeout_s
+        while any(m.alive and m.id not in call.done for m in open_members):
+            if time.monotonic() > deadline:
+                raise RolloutWorkerError(f"rollout workers {[m.id for m in open_members if m.id not in call.done]} "
+                                         f"did not end request {call.id} within {self.sync_timeout_s:g}s")
+            try:
+                item = call.out.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if isinstance(item, Exception):
+                raise item
+        for member in open_members:
+            member.in_request = False
+
+    def _on_message(self, member: Member, generation: int, message: object) -> bool:
+        """Reader thread of `member`: deal on each group, route markers; True when the message was taken."""
+        with self._lock:
+            if generation != member.generation:
+                return True  # a replaced process's last words
+            call = self._call
+            if isinstance(message, Closed):
+                self._drop(member, str(member.process.died(f"generating at version {self.version}")))
+                return False  # a synchronous wait on it learns of the death from its inbox
+            if isinstance(message, (GroupReady, GenerateDone, Refused)) and (call is None
+                                                                              or message.request_id != call.id):
+                return True  # the tail of an abandoned request
+            if isinstance(message, GroupReady):
+                return self._take_group(member, call, message.group)
+            if isinstance(message, GenerateDone):
+                member.spans.extend(s._replace(lane=member.lane) for s in message.spans)
+                call.done.add(member.id)
+                call.out.put(None)
+                return True
+            if isinstance(message, (Refused, Failed)) and call is not None:
+                call.out.put(WeightVersionError(f"rollout worker {member.id} refused to generate: {message.reason}")
+                             if isinstance(message, Refused) else
+                             RolloutWorkerError(f"rollout worker {member.id} failed in {message.where}:\n"
+                                                f"{message.traceback}"))
+                return True
+            return False  # Ready, WeightsLoaded: for the synchronous waits
+
+    def _take_group(self, member: Member, call: _Call, group: RolloutGroup) -> bool:
+        if group.version != self.version:
+            call.out.put(WeightVersionError(f"rollout worker {member.id} sent a group of version {group.version} "
+                                            f"for a request at version {self.version}"))
+            return True
+        call.dealer.done(member.id, group.prompt.index)
+        self._deal(member, call)
+        call.out.put(group)
+        return True
+
+    def _write_fleet_file(self) -> None:
+        if self.fleet_file is None or not self.fleet_file.parent.is_dir():
+            return
+        rows = [{"id": m.id, "kind": "worker", "host": socket.gethostname(), "device": m.spec.device,
+                 "pid": m.process.pid if m.process else None, "engine": "native", "version": m.version,
+                 "alive": m.alive, "restarts": m.restarts} for m in self.members]
+        tmp = self.fleet_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"engines": rows}, indent=2) + "\n")
+        os.replace(tmp, self.fleet_file)
+
+
+def _stop_all(members: list[Member]) -> None:
+    for member in members:
+        if member.process is not None:
+            member.process.stop()
