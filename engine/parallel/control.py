@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
@@ -72,6 +73,9 @@ class Peer:
         self.inbox: queue.Queue = queue.Queue()
         self.last_seen = time.monotonic()
         self.closing = False
+        # runs in the reader thread for each command or reply; True when it took the message (a rollout
+        # fleet deals the next prompts from here, engine/rollout/fleet/ranks.py), else it goes to `inbox`
+        self.on_message: Callable[[Any], bool] = lambda message: False
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name=f"cadence-control-{rank}", daemon=True)
         self._reader.start()
@@ -114,7 +118,7 @@ class Peer:
                 _exit_now(f"rank {self.me}: stopping because rank {message.rank} failed: {message.error}")
             if isinstance(message, Bye):
                 self.closing = True
-            elif not isinstance(message, Heartbeat):
+            elif not isinstance(message, Heartbeat) and not self.on_message(message):
                 self.inbox.put(message)
 
 

@@ -44,6 +44,11 @@ class Dealer:
                 out.append(item)
             return out
 
+    def give(self, member: Member, k: int) -> list[PromptItem]:
+        """Up to `k` more prompts for `member`, whatever it has in flight (an engine that takes what fits)."""
+        with self.lock:
+            return self.take(member, len(self._in_flight.get(member, {})) + k)
+
     def done(self, member: Member, index: int) -> None:
         """`member` delivered the group of prompt `index`."""
         with self.lock:
