@@ -183,6 +183,8 @@ class NativeRolloutEngine:
         batch = self._new_batch(source, params)
         fingerprint = _weights_fingerprint(self.model)
         while batch.running:
+            if batch.rows is not None and not any(batch.running_B):
+                batch.rows, batch.dead_rows = None, 0  # every row stopped: nothing to compute until new prompts
             if batch.rows is None:
                 _await_prompts(batch)  # nothing in flight: wait for the source, outside the busy span
                 if batch.exhausted and not batch.pending:
