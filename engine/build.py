@@ -28,6 +28,7 @@ from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
+from engine.tracking import check_installed
 from engine.trainer import Trainer
 from engine.trimodel import OverlongPenalty, TriModel, use_shared_prompt_attention
 
@@ -36,6 +37,7 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
                      control: ControlPlane | None = None) -> Components:
     """Everything rank 0 (or the one process) needs. `env`, `control`: this process is rank 0 of a torchrun
     launch, and its connection to the other ranks."""
+    check_installed(cfg.run)  # a tracker named in run.loggers that cannot open fails before anything is built
     backend = get_backend(cfg.backend.name)
     split = cfg.pipeline.placement == "split"
     backend.set_threads(cfg.pipeline.trainer_threads if split else cfg.backend.threads)
@@ -95,7 +97,7 @@ def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, toke
                         temperature=cfg.rollout.temperature, layout=cfg.trainer.layout,
                         pad_id=tokenizer.pad_token_id, precision=precision, overlong=overlong_of(cfg))
     trainer = Trainer(trimodel, cfg.algorithm, cfg.optim, device, grad_sync, comm,
-                      expected_normaliser=expected_normaliser(cfg))
+                      expected_normaliser=expected_normaliser(cfg), total_iterations=cfg.run.iterations)
     return trainer, rollout_model
 
 

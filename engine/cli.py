@@ -1,62 +1,136 @@
 """The `cadence` command: `cadence train RECIPE [k=v ...]`, `cadence eval ...`, `cadence build-default`,
-`cadence bench <benchmark> ...`, `cadence compare A.json B.json ... --out DIR`."""
+`cadence bench <benchmark> ...` (e.g. `cadence bench compare A.json B.json ... --out DIR`).
+
+Only argparse runs at import: every subcommand imports what it needs when it runs, so `cadence --help` works
+on a bare install (no vllm, wandb, mlflow, tensorboard or datasets)."""
 from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 
-from engine.config import ConfigError
+from engine.config import DATA_SOURCES, DEFAULT_REWARD, ConfigError, ModelConfig
+from engine.console import enable as enable_console
+
+
+# `cadence eval --max-new-tokens` when not given, by --data: the synthetic problems' worked answers are a few
+# short lines (training evaluates them with eval.max_new_tokens=64, so the two agree); GSM8K-style chains of
+# thought from real models run 100-400 tokens, so files and datasets get 512.
+EVAL_MAX_NEW_TOKENS = {"synthetic": 64, "gsm8k": 512, "jsonl": 512, "parquet": 512, "datasets": 512}
+# DataConfig keys as `cadence eval` spells them, for its error messages
+_EVAL_FLAGS = {"data.path": "--data-path", "data.test_file": "--test-file", "data.test_split": "--test-split",
+               "data.prompt_key": "--prompt-key", "data.answer_key": "--answer-key",
+               "data.system_prompt": "--system-prompt", "data.prompt_format": "--prompt-format",
+               "data.source": "--data"}
 
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="greedy accuracy of a model folder or checkpoint on a held-out set")
     p.add_argument("--model", required=True, help="model folder, checkpoint folder, or embedded://tiny-math")
-    p.add_argument("--data", choices=["synthetic", "gsm8k"], default="synthetic")
-    p.add_argument("--data-path", default=None, help="GSM8K folder (with test.jsonl); default ../shared/data/gsm8k")
+    p.add_argument("--dtype", choices=typing.get_args(typing.get_type_hints(ModelConfig)["dtype"]), default="auto",
+                   help="compute dtype (model.dtype): auto = float32 on the CPU, bfloat16 on accelerators")
+    p.add_argument("--engine", choices=["native", "vllm"], default="native", help="rollout engine that generates")
+    p.add_argument("--data", choices=DATA_SOURCES, default="synthetic", help="data.source")
+    p.add_argument("--data-path", default=None, help="data.path: the folder of the test file (gsm8k default "
+                   "../shared/data/gsm8k), a save_to_disk folder or a hub name (datasets)")
+    p.add_argument("--test-file", default=None, help="data.test_file (default test.jsonl / test.parquet)")
+    p.add_argument("--test-split", default=None, help="datasets: data.test_split (default test)")
+    p.add_argument("--prompt-key", default=None, help="jsonl / parquet / datasets: the prompt column (question)")
+    p.add_argument("--answer-key", default=None, help="jsonl / parquet / datasets: the answer column (answer)")
     p.add_argument("--n", type=int, default=200, help="held-out problems to score")
     p.add_argument("--prompt-format", choices=["plain", "chat"], default="plain")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--system-prompt", default="", help="chat format only")
+    p.add_argument("--reward", default=DEFAULT_REWARD, metavar="MODULE:FUNCTION",
+                   help="the correctness function scoring each answer (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default by --data: " + ", ".join(f"{k} {v}" for k, v in EVAL_MAX_NEW_TOKENS.items()))
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop string (repeatable); generation also stops at the tokenizer's eos and every id of the "
                         "model's generation_config.eos_token_id")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--backend", default="auto")
     p.add_argument("--cache-dir", default=".cache/cadence")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
     p.add_argument("--out", default="eval.json", help="where to write the JSON result")
+
+
+def eval_data_config(args: argparse.Namespace):
+    """The DataConfig `cadence eval`'s flags describe; its errors name the flags."""
+    from engine.config import DataConfig
+
+    try:
+        return DataConfig(source=args.data, path=args.data_path, test_file=args.test_file,
+                          test_split=args.test_split, prompt_key=args.prompt_key, answer_key=args.answer_key,
+                          prompt_format=args.prompt_format, system_prompt=args.system_prompt)
+    except ConfigError as exc:
+        message = str(exc)
+        for key, flag in _EVAL_FLAGS.items():
+            message = message.replace(key, flag)
+        raise ConfigError(message) from None
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from backends import get_backend
-    from engine.data.sources import load_examples, prompt_items
-    from engine.config import DataConfig, EvalConfig, ModelConfig, RewardConfig
+    from engine.build import check_dtype
+    from engine.data.sources import load_heldout, prompt_items
     from engine.default_model import resolve_model_path
-    from engine.evaluate import evaluate, write_result
-    from engine.models import load_causal_lm, load_tokenizer
-    from engine.rewards import load_reward_fn
-    from engine.rollout import build_rollout_engine
+    from engine.evaluate import evaluate, warn_if_truncated, write_result
+    from engine.models import load_tokenizer
+    from engine.precision import resolve_precision
     from engine.rollout.stopping import load_generation_config, stop_token_ids
 
     if any(not s for s in args.stop):
         raise ConfigError("--stop: stop strings must be non-empty")
+    data_cfg = eval_data_config(args)
+    reward_fn = _eval_reward(args.reward)
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else EVAL_MAX_NEW_TOKENS[args.data]
     backend = get_backend(args.backend)
-    model_cfg = ModelConfig(path=args.model)
-    data_cfg = DataConfig(source=args.data, path=args.data_path, prompt_format=args.prompt_format)
+    model_cfg = ModelConfig(path=args.model, dtype=args.dtype)
+    precision = resolve_precision(args.dtype, backend.name)
+    check_dtype(backend, precision, None)
     folder = resolve_model_path(args.model, args.cache_dir)
     tokenizer = load_tokenizer(folder, model_cfg)
-    model = load_causal_lm(folder, model_cfg, backend.device())
-    _, heldout = load_examples(data_cfg, EvalConfig(heldout_size=args.n), seed=0)
-    items = prompt_items(heldout, tokenizer, data_cfg)
-    engine = build_rollout_engine("native", model, tokenizer, backend.device())
-    result = evaluate(engine, items, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                      load_reward_fn(RewardConfig().functions[0]),
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      stop_token_ids=stop_token_ids(tokenizer, load_generation_config(folder, model)),
-                      stop_strings=tuple(args.stop))
-    write_result(result, args.out, model=str(folder), data=args.data, backend=backend.name, stop=args.stop)
+    items = prompt_items(load_heldout(data_cfg, args.n), tokenizer, data_cfg)
+    engine, model = _eval_engine(args, backend, folder, model_cfg, tokenizer, precision)
+    try:
+        result = evaluate(engine, items, lambda ids: tokenizer.decode(ids, skip_special_tokens=True), reward_fn,
+                          max_new_tokens=max_new_tokens, batch_size=args.batch_size,
+                          stop_token_ids=stop_token_ids(tokenizer, load_generation_config(folder, model)),
+                          stop_strings=tuple(args.stop), progress=args.progress)
+    finally:
+        engine.close()
+    warn_if_truncated(result, max_new_tokens, "--max-new-tokens")
+    write_result(result, args.out, model=str(folder), data=args.data, backend=backend.name, stop=args.stop,
+                 engine=args.engine, dtype=str(precision.compute).removeprefix("torch."), reward=args.reward,
+                 max_new_tokens=max_new_tokens)
     print(f"accuracy {result.accuracy:.4f} on {result.n} problems ({result.truncated_frac:.0%} cut by "
-          f"--max-new-tokens) -> {args.out}")
+          f"--max-new-tokens={max_new_tokens}) -> {args.out}")
     return 0
+
+
+def _eval_reward(path: str):
+    from engine.rewards import load_reward_fn
+
+    try:
+        return load_reward_fn(path)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(str(exc).replace("reward.functions", "--reward")) from None
+
+
+def _eval_engine(args: argparse.Namespace, backend, folder: Path, model_cfg: ModelConfig, tokenizer, precision):
+    """(the rollout engine, the Hugging Face model it generates with or None for vLLM)."""
+    if args.engine == "vllm":
+        from engine.build import build_vllm_rollout
+        from engine.config import Config, RolloutConfig
+
+        cfg = Config(model=model_cfg, rollout=RolloutConfig(engine="vllm", max_batch_sequences=max(args.batch_size, 8)))
+        return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=False), None
+    from engine.models import load_causal_lm
+    from engine.rollout import build_rollout_engine
+
+    model = load_causal_lm(folder, model_cfg, backend.device(), dtype=precision.compute)
+    return build_rollout_engine("native", model, tokenizer, backend.device()), model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,16 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["bench"], ["compare"]):  # benchmarks parse their own arguments (engine/bench/)
         from engine.bench.__main__ import main as bench_main
 
+        # `cadence compare` is the old spelling of `cadence bench compare`, kept working but not listed
         return bench_main(argv[1:] if argv[0] == "bench" else argv)
     parser = argparse.ArgumentParser(prog="cadence", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="run a recipe: cadence train RECIPE [key=value ...]")
-    sub.add_parser("bench", help="benchmarks: cadence bench e2e RECIPE --out report.json, or another (engine/bench/)")
-    sub.add_parser("compare", help="compare e2e bench reports: cadence compare A.json B.json ... --out DIR")
+    sub.add_parser("bench", help="benchmarks: cadence bench e2e RECIPE --out report.json, cadence bench compare "
+                                 "A.json B.json --out DIR, or another (engine/bench/)")
     _eval_parser(sub)
     build = sub.add_parser("build-default", help="build (or reuse) the embedded tiny model")
     build.add_argument("--cache-dir", default=".cache/cadence")
     args = parser.parse_args(argv)
+    enable_console()
     try:
         if args.command == "eval":
             return run_eval(args)
@@ -85,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(ensure_default_model(Path(args.cache_dir)))
         return 0
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -35,7 +35,22 @@ class RunConfig:
     keep_checkpoints: int = 2
     deterministic: bool = False  # fix reduction orders so equal inputs give equal bits
     cache_dir: str = ".cache/cadence"  # where the embedded default model is built
-    progress: bool = True
+    progress: bool = True  # progress bars (training, evaluations); the per-iteration console line is logging's
+    # Experiment trackers besides metrics.jsonl (engine/tracking/). None: tensorboard when it is installed (a
+    # note otherwise); a list: exactly those ([] = none), and a listed one that is not installed is an error.
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] | None = None
+    project: str = "cadence"  # the wandb project and the mlflow experiment the run is filed under
+    # mlflow only: where runs are stored; "" = sqlite:///<run folder>/mlflow.db (MLflow's local store)
+    mlflow_tracking_uri: str = ""
+    log_samples: int = 2  # groups per iteration written to samples.jsonl (prompt, completions, rewards); 0 = off
+
+    def __post_init__(self) -> None:
+        if self.log_samples < 0:
+            raise ConfigError(f"run.log_samples: must be >= 0 (0 = off), got {self.log_samples}")
+        if self.loggers is not None and len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"run.loggers: each logger at most once, got {self.loggers}")
+        if self.mlflow_tracking_uri and "mlflow" not in (self.loggers or ()):
+            raise ConfigError("run.mlflow_tracking_uri: only read with mlflow in run.loggers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +84,7 @@ class ModelConfig:
 
 GSM8K_PATH = "../shared/data/gsm8k"  # data.path of the gsm8k source when the recipe leaves it unset
 FILE_SOURCES = ("gsm8k", "jsonl", "parquet")
+DATA_SOURCES = ("synthetic", "gsm8k", "jsonl", "parquet", "datasets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +93,18 @@ class DataConfig:
     so a recipe never believes it trains on a file it ignores."""
 
     # synthetic: generated word problems; gsm8k: GSM8K jsonl (answer after "####"); jsonl / parquet: any
-    # table with a prompt column and an answer column (data.prompt_key / data.answer_key).
-    source: Literal["synthetic", "gsm8k", "jsonl", "parquet"] = "synthetic"
-    path: str | None = None  # file sources: folder with the train/test files (gsm8k: GSM8K_PATH if unset)
+    # table with a prompt column and an answer column (data.prompt_key / data.answer_key); datasets: Hugging
+    # Face `datasets` (a save_to_disk folder, json/csv/parquet files, or a hub name; engine/data/hf.py).
+    source: Literal["synthetic", "gsm8k", "jsonl", "parquet", "datasets"] = "synthetic"
+    # file sources: folder with the train/test files (gsm8k: GSM8K_PATH if unset); datasets: a save_to_disk
+    # folder, the folder of data.train_file / data.test_file, or a hub name "org/name"
+    path: str | None = None
     train_file: str | None = None  # file sources: default train.jsonl (train.parquet for parquet)
     test_file: str | None = None  # file sources: default test.jsonl (test.parquet for parquet)
-    prompt_key: str | None = None  # jsonl / parquet: the prompt column (default "question")
-    answer_key: str | None = None  # jsonl / parquet: the reference-answer column (default "answer")
+    prompt_key: str | None = None  # jsonl / parquet / datasets: the prompt column (default "question")
+    answer_key: str | None = None  # jsonl / parquet / datasets: the reference-answer column (default "answer")
+    train_split: str | None = None  # datasets: the split trained on (default "train")
+    test_split: str | None = None  # datasets: the held-out split (default "test")
     prompt_format: Literal["plain", "chat"] = "plain"
     system_prompt: str = ""  # chat format only
     max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
@@ -91,9 +112,11 @@ class DataConfig:
     shuffle: bool = True
 
     def __post_init__(self) -> None:
-        ignored = {"synthetic": ("path", "train_file", "test_file", "prompt_key", "answer_key"),
-                   "gsm8k": ("prompt_key", "answer_key", "train_size"),
-                   "jsonl": ("train_size",), "parquet": ("train_size",)}[self.source]
+        splits = ("train_split", "test_split")
+        ignored = {"synthetic": ("path", "train_file", "test_file", "prompt_key", "answer_key", *splits),
+                   "gsm8k": ("prompt_key", "answer_key", "train_size", *splits),
+                   "jsonl": ("train_size", *splits), "parquet": ("train_size", *splits),
+                   "datasets": ("train_size",)}[self.source]
         set_keys = [f"data.{k}" for k in ignored if getattr(self, k) is not None]
         if set_keys:
             raise ConfigError(f"{', '.join(set_keys)}: not read by data.source={self.source}; remove "
@@ -281,9 +304,21 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_iterations: int = 0
+    warmup_iterations: int = 0  # the lr rises linearly to optim.lr over these iterations
+    # after warmup (engine/schedules.py): constant, or a linear / cosine decay to min_lr_ratio * lr at the
+    # end of run.iterations
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0  # linear / cosine: the final lr as a share of optim.lr, in [0, 1]
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     micro_batch_size: int = 8  # sequences per forward/backward; does not change the update
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.lr_schedule == "constant" and self.min_lr_ratio != 0.0:
+            raise ConfigError("optim.min_lr_ratio: only read with optim.lr_schedule=linear or cosine")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"optim.warmup_iterations: must be >= 0, got {self.warmup_iterations}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +334,13 @@ class EvalConfig:
     heldout_size: int = 200
     max_new_tokens: int = 64
     batch_size: int = 64
-    before: bool = True  # measure accuracy_before at the start of a fresh run
-    after: bool = True
+    before: bool = True  # measure accuracy_before at the start of a fresh run (eval/accuracy at iteration 0)
+    after: bool = True  # measure accuracy_after at the last iteration (eval/accuracy on its line)
+    every: int = 0  # also evaluate every this many iterations (eval/accuracy on their lines); 0 = off
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"eval.every: must be >= 0 (0 = off), got {self.every}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +403,10 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
+        if self.optim.lr_schedule != "constant" and self.run.iterations <= self.optim.warmup_iterations:
+            raise ConfigError(f"optim.lr_schedule: {self.optim.lr_schedule} decays after warmup, so it needs "
+                              f"run.iterations ({self.run.iterations}) > optim.warmup_iterations "
+                              f"({self.optim.warmup_iterations})")
         mini = self.algorithm.ppo_mini_batches
         if self.rollout.prompts_per_iteration % mini:
             raise ConfigError(f"algorithm.ppo_mini_batches: {mini} must divide rollout.prompts_per_iteration "

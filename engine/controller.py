@@ -15,8 +15,8 @@ and one optimizer step per iteration, and the trainer rejects a group of any oth
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,11 +29,13 @@ from engine import metrics as M
 from engine.algorithms.advantages import ADVANTAGES, needs_full_batch
 from engine.checkpoint import CheckpointError, capture_rng, restore_rng
 from engine.config import Config
-from engine.evaluate import evaluate
+from engine.console import log
+from engine.evaluate import evaluate, warn_if_truncated
 from engine.timeline import append_timeline, pipeline_metrics
 from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.rollout.stopping import stop_token_ids
 from engine.runlog import RunLog
+from engine.tracking import TrackerContext, open_trackers
 from engine.trainer import Trainer
 from engine.types import PromptItem, RolloutGroup
 
@@ -133,6 +135,8 @@ class Controller:
         self.accuracy_before: float | None = None
         self.sampling: dict[str, float] = {}  # the iteration's dynamic-sampling figures
         self.sampled: list[RolloutGroup] = []  # the iteration's scored groups, the ones dynamic sampling dropped too
+        self.trained: list[RolloutGroup] = []  # the iteration's groups trained on (with advantages)
+        self.accuracy_after: float | None = None  # eval/accuracy of the last iteration, once measured
         self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
 
     # ------------------------------------------------------------------ the run
@@ -140,15 +144,19 @@ class Controller:
         log = None
         try:
             start = self._restore() if self.cfg.run.resume else 0
+            log = self._open_log(start)
             if start == 0 and self.cfg.eval.before:
                 self.accuracy_before = self._evaluate()
-            log = RunLog(self.parts.run_dir, self.cfg.run.iterations, start_iteration=start,
-                         progress=self.cfg.run.progress)
+                log.log(0, {M.EVAL_ACCURACY: self.accuracy_before})
             for k in range(start, self.cfg.run.iterations):
-                log.log(k + 1, self.iteration(k))
+                metrics = self.iteration(k)
+                if self._eval_due(k + 1):  # on the iteration's line, so it is written before its checkpoint
+                    metrics.update(self._timed_evaluation(k + 1))
+                log.log(k + 1, metrics)
+                log.log_samples(k + 1, self.trained)
                 if self._checkpoint_due(k + 1):
                     self._checkpoint(k + 1)
-            summary = self._summary()  # the final evaluation overlaps the final checkpoint's write
+            summary = self._summary()
             self.checkpoints.wait()
             log.write_summary(summary)
             self._plot_timeline()
@@ -176,6 +184,7 @@ class Controller:
             raise RuntimeError(f"iteration {k + 1}: no group with unequal rewards in "
                                f"{self.cfg.algorithm.max_sampling_rounds} sampling rounds; raise "
                                "algorithm.max_sampling_rounds or check the reward and the data's difficulty")
+        self.trained = groups
         with self.timer.stage("step"):
             step_metrics.update(self.trainer.end_iteration())
         self._check_logprob_agreement(k, step_metrics)
@@ -217,9 +226,9 @@ class Controller:
         """The rollout engine and the trainer should assign the sampled tokens the same log-probs."""
         diff, limit = step_metrics.get(M.LOGPROB_DIFF_MAX, 0.0), self.cfg.rollout.logprob_diff_warn
         if diff > limit:
-            print(f"[cadence] iteration {k + 1}: {M.LOGPROB_DIFF_MAX}={diff:.3g} exceeds rollout.logprob_diff_warn="
-                  f"{limit:g}: the rollout engine samples from a different distribution than the trainer trains "
-                  f"(consider algorithm.rollout_is)", file=sys.stderr)
+            log.warning(f"iteration {k + 1}: {M.LOGPROB_DIFF_MAX}={diff:.3g} exceeds rollout.logprob_diff_warn="
+                        f"{limit:g}: the rollout engine samples from a different distribution than the trainer "
+                        f"trains (consider algorithm.rollout_is)")
 
     def _update(self, mini_batch: Iterator[RolloutGroup], steps: list[dict[str, float]]) -> list[RolloutGroup]:
         """Forward/backward on each micro-batch of `mini_batch` as soon as its groups arrive, then one optimizer
@@ -334,8 +343,29 @@ class Controller:
         self.parts.rollout.load_weights(self.trainer.rollout_weights(), self.trainer.version)
         result = evaluate(self.parts.rollout, self.parts.heldout, trimodel.decode, trimodel.reward_fn,
                           max_new_tokens=self.cfg.eval.max_new_tokens, batch_size=self.cfg.eval.batch_size,
-                          stop_token_ids=self._stop_ids(), stop_strings=tuple(self.cfg.rollout.stop))
+                          stop_token_ids=self._stop_ids(), stop_strings=tuple(self.cfg.rollout.stop),
+                          progress=self.cfg.run.progress)
+        warn_if_truncated(result, self.cfg.eval.max_new_tokens, "eval.max_new_tokens")
         return result.accuracy
+
+    def _eval_due(self, done: int) -> bool:
+        """eval.every, and the last iteration when eval.after (its accuracy is the summary's accuracy_after)."""
+        every = self.cfg.eval.every
+        return (every > 0 and done % every == 0) or (done == self.cfg.run.iterations and self.cfg.eval.after)
+
+    def _timed_evaluation(self, done: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        accuracy = self._evaluate()
+        if done == self.cfg.run.iterations:
+            self.accuracy_after = accuracy
+        return {M.EVAL_ACCURACY: accuracy, M.EVAL_TIME: time.perf_counter() - t0}
+
+    def _open_log(self, start: int) -> RunLog:
+        run = self.cfg.run
+        context = TrackerContext(self.parts.run_dir, run.name, start, config=dataclasses.asdict(self.cfg),
+                                 project=run.project, mlflow_tracking_uri=run.mlflow_tracking_uri)
+        return RunLog(self.parts.run_dir, run.iterations, start_iteration=start, progress=run.progress,
+                      trackers=open_trackers(run.loggers, context), samples_per_iteration=run.log_samples)
 
     # ------------------------------------------------------------------ checkpoints and resume
     def _checkpoint_due(self, done: int) -> bool:
@@ -355,7 +385,7 @@ class Controller:
         try:
             self.checkpoints.wait()
         except CheckpointError as exc:
-            print(f"[cadence] {exc}")
+            log.error(str(exc))
 
     def _restore(self) -> int:
         """The trainer's state comes back through the checkpoints object; the run's own state here."""
@@ -369,7 +399,9 @@ class Controller:
         return state["iteration"]
 
     def _summary(self) -> dict:
-        after = self._evaluate() if self.cfg.eval.after else None
+        after = self.accuracy_after
+        if after is None and self.cfg.eval.after:  # resumed after the last iteration: nothing measured it yet
+            after = self._evaluate()
         summary = {"run": self.cfg.run.name, "iterations": self.cfg.run.iterations,
                    "heldout_size": len(self.parts.heldout), "accuracy_before": self.accuracy_before,
                    "accuracy_after": after, "policy_version": self.trainer.version,

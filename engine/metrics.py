@@ -76,10 +76,13 @@ SYNC_S = "pipeline/sync_s"  # the weight-sync barrier: publish, worker load, ack
 OVERLAP_FRAC = "pipeline/overlap_frac"
 
 # -------------------------------------------------------------------------------------------------- eval
-EVAL_ACCURACY = "eval/accuracy"  # held-out accuracy, greedy decoding
+# held-out accuracy, greedy decoding: iteration 0's line (eval.before), every eval.every iterations, the last one
+# (eval.after)
+EVAL_ACCURACY = "eval/accuracy"
 
 _TIME_PREFIX = "time/"
 ITERATION_TIME = _TIME_PREFIX + "iteration"  # wall-clock seconds of the whole iteration
+EVAL_TIME = _TIME_PREFIX + "eval"  # seconds of the held-out evaluation on this iteration's line (not in time/iteration)
 
 
 def stage_time(stage: str) -> str:

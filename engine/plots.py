@@ -15,14 +15,16 @@ from typing import Any
 
 from engine import metrics as M
 
-_CURVE_KEYS = (M.REWARD_MEAN, M.ACCURACY)
+_CURVE_KEYS = (M.REWARD_MEAN, M.ACCURACY, M.EVAL_ACCURACY)
+_POINT_KEYS = (M.EVAL_ACCURACY,)  # measured now and then (eval.every): drawn as points, not a line
 
 
 def plot_reward_curve(records: Sequence[dict[str, Any]], path: str | Path,
                       keys: Sequence[str] = _CURVE_KEYS, title: str = "") -> Path:
     """Draw one line per metric in `keys` against `iteration`, from `metrics.jsonl` records.
 
-    Records without a key (or with a null value) leave a gap for that line only.
+    Records without a key (or with a null value) leave a gap for that line only. Keys of `_POINT_KEYS`
+    (eval/accuracy) are drawn as points: they exist on a few iterations only, 0 included (before training).
     """
     from matplotlib.figure import Figure
 
@@ -30,7 +32,9 @@ def plot_reward_curve(records: Sequence[dict[str, Any]], path: str | Path,
     ax = fig.add_subplot()
     for key in keys:
         xs, ys = _series(records, key)
-        if xs:
+        if xs and key in _POINT_KEYS:
+            ax.plot(xs, ys, linestyle="none", marker="o", label=key)
+        elif xs:
             ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=key)
     ax.set_xlabel("iteration")
     ax.set_ylabel("value")

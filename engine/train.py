@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine.checkpoint import CheckpointError
 from engine.config import Config, ConfigError, load_config, save_config
+from engine.console import enable as enable_console
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.parallel.dist import launched_by_torchrun
 
     recipe, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    enable_console()
     try:
         cfg = load_config(recipe, overrides)
         summary = run(cfg)

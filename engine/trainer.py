@@ -33,6 +33,7 @@ from engine.config import AlgorithmConfig, OptimConfig
 from engine.parallel.dist import LOCAL, Collectives
 from engine.parallel.fsdp import LOCAL_GRAD_SYNC, GradSync
 from engine.precision import compute_weights, in_compute_dtype, make_grad_scaler
+from engine.schedules import lr_lambda
 from engine.trimodel import TokenLogprobs, TriModel
 from engine.types import RolloutGroup
 
@@ -80,9 +81,12 @@ class Trainer:
     normaliser and metrics are summed over ranks, and gradients are reduced once, at the step."""
 
     def __init__(self, trimodel: TriModel, algo: AlgorithmConfig, optim: OptimConfig, device: torch.device,
-                 grad_sync: GradSync = LOCAL_GRAD_SYNC, comm: Collectives = LOCAL, expected_normaliser: int = 1):
+                 grad_sync: GradSync = LOCAL_GRAD_SYNC, comm: Collectives = LOCAL, expected_normaliser: int = 1,
+                 total_iterations: int = 0):
         """`expected_normaliser`: about how many tokens (token_mean) or sequences (seq_mean) one optimizer step
-        averages over, e.g. (B / ppo_mini_batches) * G * max_new_tokens; it only scales intermediate sums."""
+        averages over, e.g. (B / ppo_mini_batches) * G * max_new_tokens; it only scales intermediate sums.
+        `total_iterations`: the horizon a decaying optim.lr_schedule reaches optim.min_lr_ratio at (run.iterations);
+        0 = none, which only optim.lr_schedule=constant accepts."""
         self.trimodel = trimodel
         self.algo = algo
         self.optim_cfg = optim
@@ -93,9 +97,9 @@ class Trainer:
         self.scaler = make_grad_scaler(self.precision, device)
         self.optimizer = torch.optim.AdamW(decay_groups(trimodel.actor, optim.weight_decay), lr=optim.lr,
                                            betas=(optim.beta1, optim.beta2), eps=optim.eps)
-        warmup = optim.warmup_iterations
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(
+            schedule=optim.lr_schedule, warmup=optim.warmup_iterations, total=total_iterations,
+            min_ratio=optim.min_lr_ratio))
         self.version = 0  # policy version of the current weights: +1 per iteration (weight sync)
         self.updates_per_iteration = algo.ppo_mini_batches * algo.ppo_epochs
         self.loss_divisor = loss_divisor(expected_normaliser)
@@ -260,7 +264,7 @@ class Trainer:
     def end_iteration(self) -> dict[str, float]:
         """After the iteration's last update: next learning rate, policy version k -> k+1."""
         with warnings.catch_warnings():  # float16: a step skipped on overflow is the loss scaler's business
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.version += 1
         self._steps_in_iteration = 0

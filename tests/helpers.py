@@ -18,7 +18,7 @@ from engine.types import Completion, PromptItem, RolloutGroup
 def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0, dtype="float32",
                  precision: Precision | None = None, norms_in_model_dtype: bool = False,
                  gradient_checkpointing: bool = False, expected_normaliser: int = 1,
-                 reward: RewardConfig | None = None) -> Trainer:
+                 reward: RewardConfig | None = None, total_iterations: int = 0) -> Trainer:
     """A Trainer on the model of `model_dir`; `dtype` is model.dtype (float32 masters under bf16/fp16), or
     `precision` sets both dtypes directly (the precision benchmark's pure-bf16 contrast).
     `norms_in_model_dtype` swaps in `RMSNormInInputDtype` (see there) before the reference copy is made."""
@@ -36,7 +36,7 @@ def make_trainer(model_dir, layout="shared", algo=None, optim=None, kl_coef=0.0,
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         temperature=1.0, layout=layout, pad_id=tokenizer.pad_token_id, precision=precision)
     return Trainer(trimodel, algo, optim or OptimConfig(lr=1e-3), torch.device("cpu"),
-                   expected_normaliser=expected_normaliser)
+                   expected_normaliser=expected_normaliser, total_iterations=total_iterations)
 
 
 def random_groups(n_groups: int, group_size: int, vocab: int, seed: int = 0, version: int = 0) -> list[RolloutGroup]:

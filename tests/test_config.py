@@ -47,6 +47,14 @@ def test_recipe_and_overrides_merge_into_typed_sections(tmp_path):
     ("model:\n  path: /m\n", ["algorithm.truncated=penalty", "algorithm.overlong_buffer=65"],
      r"algorithm\.overlong_buffer: 65 must be <= rollout\.max_new_tokens \(64\)"),
     ("model:\n  path: /m\n", ["model.dtype=int8"], r"model\.dtype: got 'int8'; allowed: auto, float32"),
+    ("model:\n  path: /m\n", ["run.loggers=[neptune]"], r"run\.loggers: got 'neptune'; allowed: tensorboard, wandb, "
+     r"mlflow"),
+    ("model:\n  path: /m\n", ["run.loggers=wandb"], r"run\.loggers: expected a list, got 'wandb'"),
+    ("model:\n  path: /m\n", ["run.loggers=[wandb,wandb]"], r"run\.loggers: each logger at most once"),
+    ("model:\n  path: /m\n", ["run.mlflow_tracking_uri=sqlite:///x.db"], r"run\.mlflow_tracking_uri: only read with "
+     r"mlflow in run\.loggers"),
+    ("model:\n  path: /m\n", ["run.log_samples=-1"], r"run\.log_samples: must be >= 0"),
+    ("model:\n  path: /m\n", ["eval.every=-2"], r"eval\.every: must be >= 0 \(0 = off\), got -2"),
 ])
 def test_bad_input_fails_with_one_line_naming_source_and_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -68,3 +76,12 @@ def test_saved_config_reloads_to_the_same_value(tmp_path):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_is_valid(recipe):
     load_config(recipe, ["model.path=/some/model"])  # recipes may leave model.path to the command line
+
+
+def test_loggers_default_to_none_and_parse_as_a_list_from_the_command_line(tmp_path):
+    assert load_config(None, ["model.path=/m"]).run.loggers is None  # tensorboard when installed
+    cfg = load_config(None, ["model.path=/m", "run.loggers=[wandb,mlflow]", "run.log_samples=0", "eval.every=5"])
+    assert cfg.run.loggers == ["wandb", "mlflow"] and cfg.run.log_samples == 0 and cfg.eval.every == 5
+    assert load_config(None, ["model.path=/m", "run.loggers=[]"]).run.loggers == []
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg

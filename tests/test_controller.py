@@ -37,7 +37,8 @@ def test_a_run_writes_its_folder(tiny_model_dir, tmp_path):
     summary = run(small_config(tiny_model_dir, tmp_path))
     run_dir = tmp_path / "runs" / "t"
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [l["iteration"] for l in lines] == [1, 2, 3]
+    assert [l["iteration"] for l in lines] == [0, 1, 2, 3]  # 0: the accuracy before training
+    lines = lines[1:]
     for key in ("reward/mean", "reward/accuracy", "policy/kl", "policy/entropy", "policy/clip_frac",
                 "rollout/response_len_mean", "rollout/truncated_frac", "optim/grad_norm", "perf/tokens_per_s",
                 "time/rollout", "time/train"):
@@ -72,7 +73,7 @@ def test_a_killed_run_resumes_to_the_same_parameters(tiny_model_dir, tmp_path, m
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)
     lines = (tmp_path / "b" / "runs" / "t" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["iteration"] for l in lines] == [1, 2, 3]  # nothing lost, nothing replayed
+    assert [json.loads(l)["iteration"] for l in lines] == [0, 1, 2, 3]  # nothing lost, nothing replayed
 
 
 def test_an_existing_run_is_not_clobbered(tiny_model_dir, tmp_path):
@@ -107,3 +108,44 @@ def test_rollouts_and_evaluations_stop_at_generation_config_ids_and_rollout_stop
     run(small_config(model_dir, tmp_path, **{"run.iterations": 1, "rollout.stop": "['##','Question']"}))
     assert {p.temperature > 0 for p in requests} == {True, False}  # rollouts and the before/after evaluations
     assert {(p.stop_token_ids, p.stop_strings) for p in requests} == {((eos, 7, 9), ("##", "Question"))}
+
+
+def test_a_run_writes_samples_of_its_first_groups_each_iteration(tiny_model_dir, tmp_path):
+    run(small_config(tiny_model_dir, tmp_path, **{"run.iterations": 2, "run.log_samples": 2, "eval.before": "false",
+                                                  "eval.after": "false"}))
+    lines = [json.loads(l) for l in (tmp_path / "runs" / "t" / "samples.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [1, 1, 2, 2]  # 2 of the 3 groups per iteration
+    for line in lines:
+        assert set(line) == {"iteration", "prompt", "reference", "completions", "rewards", "advantages"}
+        assert line["prompt"].startswith("Question:") and line["reference"]
+        assert len(line["completions"]) == len(line["rewards"]) == len(line["advantages"]) == 4  # G
+        assert all(isinstance(text, str) for text in line["completions"])
+        # grpo advantages: the group's rewards, centred (population std)
+        mean = sum(line["rewards"]) / 4
+        assert sum(line["advantages"]) == pytest.approx(0.0, abs=1e-5)
+        assert [a > 0 for a in line["advantages"]] == [r > mean + 1e-6 for r in line["rewards"]]
+
+
+def test_no_samples_file_with_log_samples_zero(tiny_model_dir, tmp_path):
+    run(small_config(tiny_model_dir, tmp_path, **{"run.iterations": 1, "run.log_samples": 0, "eval.before": "false",
+                                                  "eval.after": "false", "run.loggers": "[]"}))
+    run_dir = tmp_path / "runs" / "t"
+    assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "samples.jsonl").exists()
+    assert not (run_dir / "tensorboard").exists()  # run.loggers=[]: no tracker at all
+
+
+def test_eval_every_logs_held_out_accuracy_on_its_iterations_and_before_and_after(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    calls = []
+    original = Controller._evaluate
+    monkeypatch.setattr(Controller, "_evaluate", lambda self: calls.append(self.trainer.version) or original(self))
+    summary = run(small_config(tiny_model_dir, tmp_path, **{"run.iterations": 3, "eval.every": 2}))
+    assert calls == [0, 2, 3]  # policy versions evaluated: the last one once, for its line and the summary
+    lines = [json.loads(l) for l in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [0, 1, 2, 3]
+    assert [l["iteration"] for l in lines if M.EVAL_ACCURACY in l] == [0, 2, 3]  # before, every 2, after
+    assert [l["iteration"] for l in lines if M.EVAL_TIME in l] == [2, 3]
+    assert summary["accuracy_before"] == lines[0][M.EVAL_ACCURACY]
+    assert summary["accuracy_after"] == lines[3][M.EVAL_ACCURACY]  # measured once, on the last line
+    saved = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
+    assert saved["accuracy_after"] == summary["accuracy_after"]

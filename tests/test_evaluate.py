@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer, GenerationConfig
 
 from engine import evaluate as engine_evaluate
@@ -112,3 +113,134 @@ def test_cadence_eval_stops_at_stop_strings(tiny_model_dir, tmp_path, monkeypatc
         assert (stopped[index].token_ids, stopped[index].finished) == cut
     assert any(c.finished and string in decode(c.token_ids) for c in stopped.values())
     assert result["truncated_frac"] < free_result["truncated_frac"] == 1.0
+
+
+def spy_evaluate(monkeypatch) -> list[dict]:
+    """evaluate() replaced by a recorder returning a fixed result: what `cadence eval` asked for, without
+    generating (the items, the reward function, the keyword arguments, the engine)."""
+    calls: list[dict] = []
+
+    def fake(engine, items, decode, reward_fn, **kwargs):
+        calls.append(dict(engine=engine, items=list(items), reward_fn=reward_fn, **kwargs))
+        return engine_evaluate.EvalResult(accuracy=0.5, n=len(items), no_answer_frac=0.0, mean_response_len=1.0,
+                                          truncated_frac=0.0)
+
+    monkeypatch.setattr(engine_evaluate, "evaluate", fake)
+    return calls
+
+
+def base_argv(model_dir, tmp_path, *extra: str) -> list[str]:
+    return ["eval", "--model", str(model_dir), "--backend", "cpu", "--out", str(tmp_path / "eval.json"), *extra]
+
+
+def test_cadence_eval_default_max_new_tokens_suits_the_data(tiny_model_dir, tmp_path, monkeypatch):
+    calls = spy_evaluate(monkeypatch)
+    assert main(base_argv(tiny_model_dir, tmp_path, "--n", "2")) == 0
+    assert main(base_argv(tiny_model_dir, tmp_path, "--n", "2", "--data", "gsm8k", "--data-path",
+                          "tests/assets/gsm8k_tiny")) == 0
+    assert main(base_argv(tiny_model_dir, tmp_path, "--n", "2", "--data", "gsm8k", "--data-path",
+                          "tests/assets/gsm8k_tiny", "--max-new-tokens", "7")) == 0
+    assert [c["max_new_tokens"] for c in calls] == [64, 512, 7]
+    assert json.loads((tmp_path / "eval.json").read_text())["max_new_tokens"] == 7
+
+
+def test_cadence_eval_reads_a_jsonl_file_with_its_own_keys_and_the_chat_system_prompt(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    rows = [{"problem": f"What is {i} plus 1?", "solution": str(i + 1)} for i in range(4)]
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from engine.data import sources
+
+    calls, rendered = spy_evaluate(monkeypatch), []
+    real = sources.render_prompt
+    monkeypatch.setattr(sources, "render_prompt", lambda question, tokenizer, fmt, system: rendered.append(
+        (fmt, system)) or real(question, tokenizer, fmt, system))
+    assert main(base_argv(tiny_model_dir, tmp_path, "--data", "jsonl", "--data-path", str(tmp_path), "--test-file",
+                          "held.jsonl", "--prompt-key", "problem", "--answer-key", "solution", "--n", "3",
+                          "--prompt-format", "chat", "--system-prompt", "Be brief.")) == 0
+    items = calls[0]["items"]
+    assert [i.reference for i in items] == ["1", "2", "3"] and "What is 0 plus 1?" in items[0].text
+    assert rendered == [("chat", "Be brief.")] * 3
+
+
+def test_cadence_eval_reads_a_datasets_folder_split(tiny_model_dir, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    split = datasets.Dataset.from_dict({"question": ["1+1?", "2+2?"], "answer": ["2", "4"]})
+    datasets.DatasetDict({"validation": split}).save_to_disk(str(tmp_path / "saved"))
+    calls = spy_evaluate(monkeypatch)
+    assert main(base_argv(tiny_model_dir, tmp_path, "--data", "datasets", "--data-path", str(tmp_path / "saved"),
+                          "--test-split", "validation")) == 0
+    assert [i.reference for i in calls[0]["items"]] == ["2", "4"] and calls[0]["max_new_tokens"] == 512
+
+
+def test_cadence_eval_flags_a_source_does_not_read_are_named(tiny_model_dir, tmp_path, capsys):
+    assert main(base_argv(tiny_model_dir, tmp_path, "--data", "synthetic", "--prompt-key", "q")) == 2
+    assert "--prompt-key: not read by --data=synthetic" in capsys.readouterr().err
+
+
+def test_cadence_eval_scores_with_the_reward_it_is_given(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_rewards.py").write_text("def always_right(completion, reference):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = base_argv(tiny_model_dir, tmp_path, "--n", "3", "--max-new-tokens", "2", "--no-progress")
+    assert main([*argv, "--reward", "my_rewards:always_right"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["accuracy"] == 1.0 and result["reward"] == "my_rewards:always_right"
+    assert main([*argv, "--reward", "my_rewards:missing"]) == 2
+    assert "--reward 'my_rewards:missing': 'my_rewards' has no attribute 'missing'" in capsys.readouterr().err
+
+
+def test_cadence_eval_loads_the_model_in_the_dtype_given(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from engine import models
+
+    dtypes = []
+    real = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm",
+                        lambda *a, dtype, **k: dtypes.append(dtype) or real(*a, dtype=dtype, **k))
+    calls = spy_evaluate(monkeypatch)
+    assert main(base_argv(tiny_model_dir, tmp_path, "--n", "2", "--dtype", "bfloat16")) == 0
+    assert dtypes == [torch.bfloat16] and calls[0]["engine"].model.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "eval.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_cadence_eval_engine_vllm_builds_the_vllm_rollout(tiny_model_dir, tmp_path, monkeypatch):
+    import engine.build
+
+    built = []
+
+    class FakeEngine:
+        def close(self):
+            built.append("closed")
+
+    def fake_build(cfg, backend, folder, tokenizer, precision, multiprocess):
+        built.append((cfg.rollout.engine, cfg.model.dtype, str(precision.compute), multiprocess))
+        return FakeEngine()
+
+    monkeypatch.setattr(engine.build, "build_vllm_rollout", fake_build)
+    calls = spy_evaluate(monkeypatch)
+    assert main(base_argv(tiny_model_dir, tmp_path, "--n", "2", "--engine", "vllm", "--dtype", "float32")) == 0
+    assert built == [("vllm", "float32", "torch.float32", False), "closed"]
+    assert isinstance(calls[0]["engine"], FakeEngine)
+    assert json.loads((tmp_path / "eval.json").read_text())["engine"] == "vllm"
+
+
+def test_cadence_eval_warns_when_most_answers_were_truncated(tiny_model_dir, tmp_path, capsys):
+    assert main(base_argv(tiny_model_dir, tmp_path, "--n", "4", "--max-new-tokens", "1")) == 0
+    err = capsys.readouterr().err
+    assert json.loads((tmp_path / "eval.json").read_text())["truncated_frac"] == 1.0
+    assert "warning: 100% of the 4 evaluation answers were cut at --max-new-tokens=1 tokens" in err
+    assert "eval" in err  # the progress bar (on by default)
+
+
+def test_the_truncation_warning_needs_more_than_half(capsys):
+    from engine import console
+
+    console.enable()
+
+    def result(frac):
+        return engine_evaluate.EvalResult(accuracy=0.0, n=10, no_answer_frac=0.0, mean_response_len=1.0,
+                                          truncated_frac=frac)
+
+    assert not engine_evaluate.warn_if_truncated(result(0.5), 8, "eval.max_new_tokens")
+    assert engine_evaluate.warn_if_truncated(result(0.6), 8, "eval.max_new_tokens")
+    assert capsys.readouterr().err.count("raise eval.max_new_tokens") == 1

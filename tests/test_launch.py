@@ -45,7 +45,7 @@ def test_gsm8k_recipe_runs_two_iterations_on_a_tiny_model(tiny_model_dir, tmp_pa
     result = _launch([sys.executable, "-m", "engine.train", *args], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = (tmp_path / "grpo_gsm8k" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and "policy/kl" in json.loads(lines[1])
+    assert len(lines) == 3 and "policy/kl" in json.loads(lines[2])  # iteration 0: the accuracy before training
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,7 +1,7 @@
 """Benchmarks: `python -m engine.bench <command> [options]`; `<command> -h` shows its options.
 
 `e2e` runs a recipe end to end and writes one JSON report; `compare` sets reports side by side (also
-`cadence bench e2e ...` and `cadence compare ...`; docs/benchmarks.md)."""
+`cadence bench e2e ...` and `cadence bench compare ...`; docs/benchmarks.md)."""
 from __future__ import annotations
 
 import sys

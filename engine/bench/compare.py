@@ -1,6 +1,6 @@
 """Side-by-side comparison of end-to-end bench reports (engine/bench/e2e.py), e.g. one per machine.
 
-    cadence compare A.json B.json [C.json ...] --out DIR         (also: python -m engine.bench compare ...)
+    cadence bench compare A.json B.json [C.json ...] --out DIR   (also: python -m engine.bench compare ...)
 
 Writes DIR/comparison.md, a Markdown table with one column per report and, from the second column on, the
 ratio of each figure to the first report's (for times, below 1 is faster), and DIR/comparison.png, bars side by
@@ -67,7 +67,7 @@ THROUGHPUT_BARS = (("generation", "generation_tokens_per_s"), ("training", "trai
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cadence compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="cadence bench compare", description=__doc__.split("\n")[0])
     parser.add_argument("reports", nargs="+", help="JSON reports of `cadence bench e2e`; ratios are against the first")
     parser.add_argument("--out", required=True, help="folder for comparison.md and comparison.png")
     return parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """End-to-end benchmark of one recipe on this machine: one JSON report, to set beside another machine's.
 
     cadence bench e2e RECIPE [key=value ...] --out report.json [--iterations N] [--warmup W] [--run-dir DIR]
-    python -m engine.bench e2e ...                      (then: cadence compare A.json B.json --out DIR)
+    python -m engine.bench e2e ...                      (then: cadence bench compare A.json B.json --out DIR)
 
 The recipe runs through `engine.train.run`, in this process, for W + N iterations (defaults 2 + 5) with both
 evaluations off, into a temporary run folder (or DIR/<recipe name> with --run-dir, which keeps it). The report
@@ -47,7 +47,7 @@ from engine.config import Config, ConfigError
 SCHEMA_VERSION = 1
 # Keys the bench sets itself: a recipe may hold them, the command line may not (use the flags).
 OWNED_KEYS = ("run.iterations", "run.output_dir", "run.name", "run.resume", "run.overwrite",
-              "run.checkpoint_every", "run.keep_checkpoints", "eval.before", "eval.after")
+              "run.checkpoint_every", "run.keep_checkpoints", "eval.before", "eval.after", "eval.every")
 FLOPS_FORMULA = ("N = parameters that multiply activations (all but the input embedding, unless it is tied to "
                  "the LM head); training FLOPs = (6 * algorithm.ppo_epochs + 2 if a reference model runs) * N * "
                  "trained tokens, trained tokens = each group's prompt once + every response token (the "
@@ -122,7 +122,7 @@ def bench(recipe: str, overrides: list[str], iterations: int, warmup: int, run_r
 def bench_overrides(root: Path, name: str, iterations: int) -> list[str]:
     return [f"run.output_dir={root}", f"run.name={name}", f"run.iterations={iterations}", "run.resume=false",
             "run.overwrite=true", "run.checkpoint_every=0", "run.keep_checkpoints=1", "eval.before=false",
-            "eval.after=false"]
+            "eval.after=false", "eval.every=0"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Shared-prompt vs expanded packing: throughput, activation memory and log-prob agreement.
 
-    python -m engine.bench shared-prompt [--json] [--device cpu] [--threads N] [--iters N]
+    python -m engine.bench shared-prompt [--json] [--device cpu] [--threads N] [--iterations N]
                                          [--model small|medium] [--dtype float32|bfloat16] [--groups N]
 
 One training step per layout = actor forward + backward + reference-model forward, the GRPO
@@ -269,7 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, npu, ... (default cpu)")
     parser.add_argument("--kernel", default=None, choices=sorted(KERNELS),
                         help=f"shared-prompt kernel (default by device type: {DEFAULT_KERNEL})")
-    parser.add_argument("--iters", type=int, default=DEFAULTS.iters, help="timed steps per layout")
+    parser.add_argument("--iterations", dest="iters", type=int, default=DEFAULTS.iters, help="timed steps per layout")
+    # the old spelling, still accepted but not listed
+    parser.add_argument("--iters", dest="iters", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default=DEFAULTS.dtype, choices=["float32", "bfloat16"])
     parser.add_argument("--groups", type=int, default=DEFAULTS.groups_per_batch, help="groups per micro-batch")
     parser.add_argument("--model", default="small", choices=sorted(MODEL_SIZES),

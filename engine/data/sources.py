@@ -16,14 +16,32 @@ _TABLE_READERS = {"jsonl": read_jsonl, "parquet": read_parquet}
 
 
 def load_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int) -> tuple[list, list]:
-    """(train examples, held-out examples): synthetic splits, or the train file and the first
-    `eval.heldout_size` rows of the test file of a gsm8k / jsonl / parquet source."""
+    """(train examples, held-out examples): synthetic splits, or the train split and the first
+    `eval.heldout_size` rows of the test split of a gsm8k / jsonl / parquet / datasets source."""
+    return load_train(data, seed), load_heldout(data, eval_cfg.heldout_size)
+
+
+def load_train(data: DataConfig, seed: int) -> list:
     if data.source == "synthetic":
-        train_size = data.train_size if data.train_size is not None else SYNTHETIC_TRAIN_SIZE
-        return make_split("train", train_size, seed), make_split("heldout", eval_cfg.heldout_size, seed=0)
+        return make_split("train", data.train_size if data.train_size is not None else SYNTHETIC_TRAIN_SIZE, seed)
+    return _load(data, "train")
+
+
+def load_heldout(data: DataConfig, size: int) -> list:
+    """The first `size` held-out examples (the synthetic held-out split does not depend on the run's seed)."""
+    if data.source == "synthetic":
+        return make_split("heldout", size, seed=0)
+    return _load(data, "test")[:size]
+
+
+def _load(data: DataConfig, split: str) -> list:
     if data.source == "gsm8k":
-        return load_split(data, "train"), load_split(data, "test")[: eval_cfg.heldout_size]
-    return _load_table(data, "train"), _load_table(data, "test")[: eval_cfg.heldout_size]
+        return load_split(data, split)
+    if data.source == "datasets":
+        from engine.data.hf import load_split as load_hf_split  # imports `datasets` only when it is the source
+
+        return load_hf_split(data, split)
+    return _load_table(data, split)
 
 
 def _load_table(data: DataConfig, split: str) -> list:

@@ -19,7 +19,7 @@ from pathlib import Path
 from engine.config import ConfigError
 from engine.data.gsm8k import Example
 
-_MISSING = object()  # a key absent from a JSON object (None is JSON null)
+MISSING = object()  # a key absent from a row (None is JSON null): row_example reports it by name
 
 
 def read_jsonl(path: str | Path, prompt_key: str, answer_key: str) -> list[Example]:
@@ -44,7 +44,7 @@ def read_jsonl(path: str | Path, prompt_key: str, answer_key: str) -> list[Examp
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object with '{prompt_key}' and '{answer_key}', "
                                  f"got {type(record).__name__}")
-            examples.append(_example(record.get(prompt_key, _MISSING), record.get(answer_key, _MISSING),
+            examples.append(row_example(record.get(prompt_key, MISSING), record.get(answer_key, MISSING),
                                      prompt_key, answer_key, where))
     if not examples:
         raise ValueError(f"{path}: no examples (the file is empty)")
@@ -55,7 +55,7 @@ def read_parquet(path: str | Path, prompt_key: str, answer_key: str) -> list[Exa
     """One example per row of the columns `prompt_key` and `answer_key`."""
     path = Path(path)
     prompts, answers = _parquet_columns(path, prompt_key, answer_key)
-    examples = [_example(p, a, prompt_key, answer_key, f"{path}: row {i}")
+    examples = [row_example(p, a, prompt_key, answer_key, f"{path}: row {i}")
                 for i, (p, a) in enumerate(zip(prompts, answers))]
     if not examples:
         raise ValueError(f"{path}: no examples (the table has no rows)")
@@ -107,10 +107,10 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})".replace("\n", " ")
 
 
-def _example(prompt: object, answer: object, prompt_key: str, answer_key: str, where: str) -> Example:
-    """Check one row's two values; `_MISSING` is a key the row does not have."""
-    if prompt is _MISSING or answer is _MISSING:
-        key, role = (prompt_key, "prompt") if prompt is _MISSING else (answer_key, "answer")
+def row_example(prompt: object, answer: object, prompt_key: str, answer_key: str, where: str) -> Example:
+    """Check one row's two values; `MISSING` is a key the row does not have."""
+    if prompt is MISSING or answer is MISSING:
+        key, role = (prompt_key, "prompt") if prompt is MISSING else (answer_key, "answer")
         raise ValueError(f"{where}: missing key '{key}' (each row needs '{prompt_key}' and '{answer_key}'; "
                          f"set data.{role}_key if the {role} has another name)")
     if not isinstance(prompt, str):

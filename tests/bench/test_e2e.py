@@ -1,5 +1,5 @@
 """`cadence bench e2e` on recipes/bench_e2e_cpu.yaml twice (colocated sync in a subprocess; split
-periodic_async in this process), then `cadence compare` on the two reports: every field that
+periodic_async in this process), then `cadence bench compare` on the two reports: every field that
 docs/benchmarks.md documents is in the report and nothing else, the types and values are sane, the Markdown
 table and the PNG are written, and compare warns when recipes, model sizes or batch shapes differ."""
 from __future__ import annotations

@@ -182,3 +182,69 @@ def test_config_accepts_every_key_of_a_file_source():
     cfg = load_config(None, ["model.path=/m", "data.source=parquet", "data.path=/d", "data.train_file=a.parquet",
                              "data.test_file=b.parquet", "data.prompt_key=problem", "data.answer_key=solution"])
     assert (cfg.data.source, cfg.data.prompt_key, cfg.data.answer_key) == ("parquet", "problem", "solution")
+
+
+def _dataset_dict(tmp_path: Path, train: dict, test: dict) -> Path:
+    datasets = pytest.importorskip("datasets", reason="the datasets source needs datasets (pip install datasets)")
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(train), "test": datasets.Dataset.from_dict(test)}
+                         ).save_to_disk(str(folder))
+    return folder
+
+
+def test_datasets_source_reads_a_save_to_disk_folder(tmp_path):
+    folder = _dataset_dict(tmp_path, {"problem": ["1+1?", "2+2?"], "solution": ["2", "4"], "id": [1, 2]},
+                           {"problem": [f"{i}*1?" for i in range(4)], "solution": [str(i) for i in range(4)],
+                            "id": [0, 0, 0, 0]})
+    data = DataConfig(source="datasets", path=str(folder), prompt_key="problem", answer_key="solution")
+    train, heldout = load_examples(data, EvalConfig(heldout_size=3), seed=0)
+    assert train == [Example("1+1?", "2"), Example("2+2?", "4")]
+    assert heldout == [Example("0*1?", "0"), Example("1*1?", "1"), Example("2*1?", "2")]
+
+
+def test_datasets_source_reads_the_splits_it_is_told(tmp_path):
+    folder = _dataset_dict(tmp_path, {"question": ["Q?"], "answer": [3]}, {"question": ["R?"], "answer": [2.5]})
+    data = DataConfig(source="datasets", path=str(folder), train_split="test", test_split="train")
+    train, heldout = load_examples(data, EvalConfig(heldout_size=5), seed=0)
+    assert train == [Example("R?", "2.5")] and heldout == [Example("Q?", "3")]  # numbers as their str
+    with pytest.raises(ValueError, match=r"no split 'dev' \(splits: train, test\); set data.test_split"):
+        load_examples(DataConfig(source="datasets", path=str(folder), test_split="dev"), EvalConfig(), seed=0)
+
+
+def test_datasets_source_names_the_missing_key_and_the_row(tmp_path):
+    folder = _dataset_dict(tmp_path, {"question": ["Q?", "R?"], "answer": ["1", None]},
+                           {"prompt": ["S?"], "answer": ["2"]})
+    with pytest.raises(ValueError, match=r"\[train\]: row 1: 'answer' \(the answer\) must be a string or a number, "
+                                         r"got null"):
+        load_examples(DataConfig(source="datasets", path=str(folder)), EvalConfig(), seed=0)
+    data = DataConfig(source="datasets", path=str(folder), train_split="test")
+    with pytest.raises(ValueError, match=r"saved \[test\]: row 0: missing key 'question' \(each row needs "
+                                         r"'question' and 'answer'; set data.prompt_key"):
+        load_examples(data, EvalConfig(), seed=0)
+
+
+def test_datasets_source_reads_local_json_csv_and_parquet_files(tmp_path):
+    pytest.importorskip("datasets")
+    _jsonl(tmp_path / "train.jsonl", [{"q": "A?", "a": "1"}, {"q": "B?", "a": "2"}])
+    (tmp_path / "test.csv").write_text("q,a\nC?,3\nD?,4\n")
+    data = DataConfig(source="datasets", path=str(tmp_path), train_file="train.jsonl", test_file="test.csv",
+                      prompt_key="q", answer_key="a")
+    train, heldout = load_examples(data, EvalConfig(heldout_size=1), seed=0)
+    assert train == [Example("A?", "1"), Example("B?", "2")] and heldout == [Example("C?", "3")]
+
+
+def test_datasets_source_offline_with_a_hub_name_says_what_to_do(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as info:
+        load_examples(DataConfig(source="datasets", path="openai/gsm8k"), EvalConfig(), seed=0)
+    message = str(info.value)
+    assert message.startswith("data.path: openai/gsm8k is neither a local folder nor reachable")
+    assert "save_to_disk(FOLDER)" in message and "data.path=FOLDER" in message and "\n" not in message
+
+
+def test_datasets_source_rejects_the_synthetic_only_key():
+    with pytest.raises(ConfigError, match="data.train_size: not read by data.source=datasets"):
+        load_config(None, ["model.path=m", "data.source=datasets", "data.train_size=5"])
+    with pytest.raises(ConfigError, match="data.test_split: not read by data.source=jsonl"):
+        load_config(None, ["model.path=m", "data.source=jsonl", "data.test_split=dev"])
