@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.bench.e2e import SCHEMA_VERSION
+from engine.tracking import flatten
 
 # Config keys that describe the machine or the bench's bookkeeping, not the workload.
 MACHINE_KEYS = ("backend.", "run.output_dir", "run.name", "run.cache_dir", "run.progress", "pipeline.rollout_threads",
@@ -131,20 +132,10 @@ def workload_warnings(reports: list[dict], labels: list[str]) -> list[str]:
 
 
 def config_differences(a: dict, b: dict) -> list[str]:
-    flat_a, flat_b = _flatten(a), _flatten(b)
+    flat_a, flat_b = flatten(a), flatten(b)
     keys = sorted(set(flat_a) | set(flat_b))
     return [f"{k} {flat_b.get(k)!r} / {flat_a.get(k)!r}" for k in keys
             if flat_a.get(k) != flat_b.get(k) and not k.startswith(MACHINE_KEYS)]
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------ the table

@@ -28,7 +28,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
@@ -73,9 +72,6 @@ class Peer:
         self.inbox: queue.Queue = queue.Queue()
         self.last_seen = time.monotonic()
         self.closing = False
-        # runs in the reader thread for each command or reply; True when it took the message (a rollout
-        # fleet deals the next prompts from here, engine/rollout/fleet/ranks.py), else it goes to `inbox`
-        self.on_message: Callable[[Any], bool] = lambda message: False
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name=f"cadence-control-{rank}", daemon=True)
         self._reader.start()
@@ -118,7 +114,7 @@ class Peer:
                 _exit_now(f"rank {self.me}: stopping because rank {message.rank} failed: {message.error}")
             if isinstance(message, Bye):
                 self.closing = True
-            elif not isinstance(message, Heartbeat) and not self.on_message(message):
+            elif not isinstance(message, Heartbeat):
                 self.inbox.put(message)
 
 

@@ -9,7 +9,7 @@ room next, with the same per-prompt seeds, so they come out as the dead engine w
     waiting:  [p5 p6 p7 ...]          (reclaimed prompts go back to the front)
     engine a: in flight {p0, p2}      window 2
     engine b: in flight {p1, p3, p4}  window 3
-    done:     {...}                   the call ends when every prompt is done
+    the call ends when every prompt's group has arrived (Fleet counts them)
 
 Thread-safe: the fleet's reader threads deal (a group arrived, a worker died) while the controller waits.
 """
@@ -28,10 +28,7 @@ class Dealer:
     def __init__(self, prompts: Sequence[PromptItem]) -> None:
         self._waiting: deque[PromptItem] = deque(prompts)
         self._in_flight: dict[Member, dict[int, PromptItem]] = {}
-        self._open = len(prompts)  # prompts not done yet
-        self.redispatched = 0  # prompts given back by a dead engine and dealt again
         self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)
 
     def take(self, member: Member, window: int) -> list[PromptItem]:
         """Prompts for `member` until it has `window` in flight (none when nothing waits)."""
@@ -44,33 +41,14 @@ class Dealer:
                 out.append(item)
             return out
 
-    def give(self, member: Member, k: int) -> list[PromptItem]:
-        """Up to `k` more prompts for `member`, whatever it has in flight (an engine that takes what fits)."""
-        with self.lock:
-            return self.take(member, len(self._in_flight.get(member, {})) + k)
-
     def done(self, member: Member, index: int) -> None:
         """`member` delivered the group of prompt `index`."""
         with self.lock:
             self._in_flight.get(member, {}).pop(index)
-            self._open -= 1
-            self.changed.notify_all()
 
     def reclaim(self, member: Member) -> list[PromptItem]:
         """`member` is gone: its unfinished prompts wait again, first in line, and are returned."""
         with self.lock:
             lost = list(self._in_flight.pop(member, {}).values())
             self._waiting.extendleft(reversed(lost))
-            self.redispatched += len(lost)
-            self.changed.notify_all()
             return lost
-
-    @property
-    def finished(self) -> bool:
-        with self.lock:
-            return self._open == 0
-
-    @property
-    def waiting(self) -> int:
-        with self.lock:
-            return len(self._waiting)

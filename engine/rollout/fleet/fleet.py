@@ -320,6 +320,8 @@ class Fleet:
         with self._lock:
             if generation != member.generation:
                 return True  # a replaced process's last words
+            if not member.alive and isinstance(message, (GroupReady, GenerateDone)):
+                return True  # sent before it was dropped: its prompts were dealt again, their groups come from others
             call = self._call
             if isinstance(message, Closed):
                 self._drop(member, str(member.process.died(f"generating at version {self.version}")))

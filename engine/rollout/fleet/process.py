@@ -43,10 +43,6 @@ class RolloutWorkerDied(RolloutWorkerError):
         self.exitcode = exitcode
 
 
-class RolloutWorkerStalled(RolloutWorkerDied):
-    """The worker's generation made no progress within stall_timeout_s (it is stopped, hung or deadlocked)."""
-
-
 class WeightSyncTimeout(RolloutWorkerError):
     """The worker did not acknowledge a weight sync within pipeline.sync_timeout_s."""
 
@@ -98,9 +94,8 @@ class WorkerProcess:
         except (BrokenPipeError, ConnectionResetError, OSError):
             raise self.died(doing) from None
 
-    def receive(self, doing: str, deadline: float | None = None, stall_s: float | None = None) -> object:
-        """The next reply; RolloutWorkerDied if the process is gone, TimeoutError past `deadline`,
-        RolloutWorkerStalled when its decode steps have not advanced for `stall_s` seconds."""
+    def receive(self, doing: str, deadline: float | None = None) -> object:
+        """The next reply; RolloutWorkerDied if the process is gone, TimeoutError past `deadline`."""
         while True:
             wait = POLL_S if deadline is None else min(POLL_S, deadline - time.perf_counter())
             if wait <= 0:
@@ -110,7 +105,6 @@ class WorkerProcess:
             except queue.Empty:
                 if not self.process.is_alive():
                     raise self.died(doing) from None
-                self._check_progress(doing, stall_s)
                 continue
             if isinstance(message, Closed):
                 raise self.died(doing)
@@ -119,13 +113,8 @@ class WorkerProcess:
                                          f"{doing}:\n{message.traceback}")
             return message
 
-    def _check_progress(self, doing: str, stall_s: float | None) -> None:
-        idle = time.monotonic() - self.progress_at
-        if stall_s is not None and idle > stall_s:
-            raise RolloutWorkerStalled(f"the rollout worker (pid {self.pid}) made no progress for {idle:.0f} s "
-                                       f"(rollout.stall_timeout_s={stall_s:g}) while {doing}", None)
-
     def stalled_for(self) -> float:
+        """Seconds since the worker's decode steps last advanced (or it was last given work)."""
         return time.monotonic() - self.progress_at
 
     def kill(self) -> None:
