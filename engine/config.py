@@ -73,7 +73,7 @@ class BackendConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    path: str = REQUIRED  # a local Hugging Face folder, or embedded://tiny-math
+    path: str = REQUIRED  # a local Hugging Face folder, embedded://tiny-math, pretrained://smollm2-135m-instruct
     trust_remote_code: bool = False
     # Compute dtype of forward/backward and of the rollout and reference copies. Master parameters and
     # optimizer state are always float32 (engine/precision.py). auto: float32 on the CPU, bfloat16 on

@@ -51,6 +51,7 @@ from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFa
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from engine.data.synthetic import Problem, format_prompt, make_split
+from engine.pretrained import PRETRAINED_URI_PREFIX, ensure_pretrained_model
 
 EMBEDDED_URI_PREFIX = "embedded://"
 DEFAULT_NAME = "tiny-math"
@@ -112,12 +113,14 @@ def ensure_default_model(cache_dir: str | Path, name: str = DEFAULT_NAME, *, see
 
 
 def resolve_model_path(path: str, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
-    """Map `model.path` to a model folder: `embedded://<name>` and `random://<preset>` are built on demand;
-    anything else must be an existing folder with a config.json (FileNotFoundError otherwise)."""
+    """Map `model.path` to a model folder: `embedded://<name>` and `random://<preset>` are built on demand,
+    `pretrained://<name>` converted on demand (engine/pretrained.py); anything else must be an existing folder with a config.json (FileNotFoundError otherwise)."""
     if path.startswith(EMBEDDED_URI_PREFIX):
         return ensure_default_model(cache_dir, path[len(EMBEDDED_URI_PREFIX):], log=log)
     if path.startswith(RANDOM_URI_PREFIX):
         return ensure_random_model(cache_dir, path[len(RANDOM_URI_PREFIX):], log=log)
+    if path.startswith(PRETRAINED_URI_PREFIX):
+        return ensure_pretrained_model(cache_dir, path[len(PRETRAINED_URI_PREFIX):], log=log)
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"model.path: folder {folder} does not exist")
@@ -132,19 +135,26 @@ def resolve_model_path(path: str, cache_dir: str | Path, log: Callable[[str], No
 def _ensure(cache_dir: Path, name: str, spec: BuildSpec, seed: int, log: Callable[[str], None],
             builder: Builder) -> Path:
     """Reuse `cache_dir/name` if its stamp matches (spec, seed, version), else build it atomically."""
-    final = cache_dir / name
-    stamp = _stamp(spec, seed)
+    return build_once(cache_dir / name, _stamp(spec, seed), lambda tmp: builder(tmp, spec, seed, log), log,
+                      f"embedded model {name!r} (seed {seed})")
+
+
+def build_once(final: Path, stamp: dict, build: Callable[[Path], None], log: Callable[[str], None],
+               label: str) -> Path:
+    """Return `final`, first running `build(tmp)` into a temporary sibling folder and moving it into place
+    unless `final` already holds `stamp`. The stamp is written last, so an interrupted build never leaves a
+    folder that looks complete (embedded, random and pretrained:// models all come through here)."""
     if _read_stamp(final) == stamp:
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=cache_dir))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
     try:
-        log(f"building embedded model {name!r} (seed {seed}) in {final} ...")
+        log(f"building {label} in {final} ...")
         start = time.perf_counter()
-        builder(tmp, spec, seed, log)
+        build(tmp)
         (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")  # last: marks the folder complete
         _install(tmp, final, stamp)
-        log(f"built embedded model {name!r} in {time.perf_counter() - start:.1f}s")
+        log(f"built {label} in {time.perf_counter() - start:.1f}s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
