@@ -49,9 +49,7 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
     trainer, rollout_model = build_trainer(cfg, backend, device, folder, tokenizer, env)
     startup_peaks = startup_memory(backend, env)
     train_examples, heldout_examples = load_examples(cfg.data, cfg.eval, cfg.run.seed)
-    stream = PromptStream(train_examples, tokenizer, prompt_format=cfg.data.prompt_format,
-                          system_prompt=cfg.data.system_prompt, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                          seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    stream = PromptStream.from_config(train_examples, tokenizer, cfg.data, cfg.run.seed)
     heldout = prompt_items(heldout_examples, tokenizer, cfg.data)
     ckpt_root = run_dir / "checkpoints"
     if env is None:

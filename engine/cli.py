@@ -10,7 +10,7 @@ import sys
 import typing
 from pathlib import Path
 
-from engine.config import DATA_SOURCES, DEFAULT_REWARD, ConfigError, ModelConfig
+from engine.config import CHAT_INSTRUCTION, DATA_SOURCES, DEFAULT_REWARD, ConfigError, ModelConfig
 from engine.console import enable as enable_console
 
 
@@ -21,7 +21,8 @@ EVAL_MAX_NEW_TOKENS = {"synthetic": 64, "gsm8k": 512, "jsonl": 512, "parquet": 5
 # DataConfig keys as `cadence eval` spells them, for its error messages
 _EVAL_FLAGS = {"data.path": "--data-path", "data.test_file": "--test-file", "data.test_split": "--test-split",
                "data.prompt_key": "--prompt-key", "data.answer_key": "--answer-key",
-               "data.system_prompt": "--system-prompt", "data.prompt_format": "--prompt-format",
+               "data.system_prompt": "--system-prompt", "data.instruction": "--instruction",
+               "data.prompt_format": "--prompt-format",
                "data.source": "--data"}
 
 
@@ -42,6 +43,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--n", type=int, default=200, help="held-out problems to score")
     p.add_argument("--prompt-format", choices=["plain", "chat"], default="plain")
     p.add_argument("--system-prompt", default="", help="chat format only")
+    p.add_argument("--instruction", default=CHAT_INSTRUCTION,
+                   help="chat format only: text appended to each question (data.instruction; '' for none)")
     p.add_argument("--reward", default=DEFAULT_REWARD, metavar="MODULE:FUNCTION",
                    help="the correctness function scoring each answer (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -63,7 +66,8 @@ def eval_data_config(args: argparse.Namespace):
     try:
         return DataConfig(source=args.data, path=args.data_path, test_file=args.test_file,
                           test_split=args.test_split, prompt_key=args.prompt_key, answer_key=args.answer_key,
-                          prompt_format=args.prompt_format, system_prompt=args.system_prompt)
+                          prompt_format=args.prompt_format, system_prompt=args.system_prompt,
+                          instruction=args.instruction)
     except ConfigError as exc:
         message = str(exc)
         for key, flag in _EVAL_FLAGS.items():

@@ -82,6 +82,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
 
 
+# data.instruction's default: appended to every question in the chat format, it asks for the `####` answer line
+# the GSM8K rewards read first (they fall back to the last number in the text).
+CHAT_INSTRUCTION = "\n\nSolve the problem step by step. Put the final answer, a number, after '####'."
 GSM8K_PATH = "../shared/data/gsm8k"  # data.path of the gsm8k source when the recipe leaves it unset
 FILE_SOURCES = ("gsm8k", "jsonl", "parquet")
 DATA_SOURCES = ("synthetic", "gsm8k", "jsonl", "parquet", "datasets")
@@ -107,6 +110,8 @@ class DataConfig:
     test_split: str | None = None  # datasets: the held-out split (default "test")
     prompt_format: Literal["plain", "chat"] = "plain"
     system_prompt: str = ""  # chat format only
+    # chat format only: appended to each question string (not to rows that carry ready `messages`); "" = none
+    instruction: str = CHAT_INSTRUCTION
     max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
     train_size: int | None = None  # synthetic source: problems in the training stream (default 20000)
     shuffle: bool = True
@@ -124,6 +129,9 @@ class DataConfig:
                               f"{'it' if len(set_keys) == 1 else 'them'}")
         if self.system_prompt and self.prompt_format != "chat":
             raise ConfigError("data.system_prompt: only read with data.prompt_format=chat")
+        if self.instruction != CHAT_INSTRUCTION and self.prompt_format != "chat":
+            raise ConfigError("data.instruction: only read with data.prompt_format=chat (the plain format is "
+                              "'Question: ...\\nAnswer:' with nothing appended)")
 
 
 @dataclass(frozen=True, slots=True)

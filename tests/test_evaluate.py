@@ -152,8 +152,8 @@ def test_cadence_eval_reads_a_jsonl_file_with_its_own_keys_and_the_chat_system_p
 
     calls, rendered = spy_evaluate(monkeypatch), []
     real = sources.render_prompt
-    monkeypatch.setattr(sources, "render_prompt", lambda question, tokenizer, fmt, system: rendered.append(
-        (fmt, system)) or real(question, tokenizer, fmt, system))
+    monkeypatch.setattr(sources, "render_prompt", lambda question, tokenizer, fmt, system, instruction: rendered.append(
+        (fmt, system)) or real(question, tokenizer, fmt, system, instruction))
     assert main(base_argv(tiny_model_dir, tmp_path, "--data", "jsonl", "--data-path", str(tmp_path), "--test-file",
                           "held.jsonl", "--prompt-key", "problem", "--answer-key", "solution", "--n", "3",
                           "--prompt-format", "chat", "--system-prompt", "Be brief.")) == 0

@@ -195,8 +195,7 @@ def prompt_lengths(cfg: Config, model_dir: Path, iterations: int) -> list[list[i
 
     tokenizer = load_tokenizer(model_dir, cfg.model)
     train, _ = load_examples(cfg.data, cfg.eval, cfg.run.seed)
-    stream = PromptStream(train, tokenizer, prompt_format=cfg.data.prompt_format, system_prompt=cfg.data.system_prompt,
-                          max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    stream = PromptStream.from_config(train, tokenizer, cfg.data, cfg.run.seed)
     B = cfg.rollout.prompts_per_iteration
     return [[len(p.prompt_ids) for p in stream.next_batch(B)] for _ in range(iterations)]
 

@@ -18,7 +18,7 @@ MARKER = "####"
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    question: str
+    question: str | list[dict[str, str]]  # a string, or ready chat messages (jsonl / parquet / datasets rows)
     answer: str  # the final answer as written after '####', e.g. "72" or "1,000" (rewards normalise it)
 
 

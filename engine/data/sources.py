@@ -61,7 +61,8 @@ def _load_table(data: DataConfig, split: str) -> list:
 def prompt_items(examples: list, tokenizer, data: DataConfig) -> list[PromptItem]:
     items = []
     for i, ex in enumerate(examples):
-        text = render_prompt(ex.question, tokenizer, data.prompt_format, data.system_prompt)
+        text = render_prompt(ex.question, tokenizer, data.prompt_format, data.system_prompt,
+                             data.instruction)
         ids = encode_prompt(text, tokenizer, data.prompt_format)
         items.append(PromptItem(index=i, prompt_ids=ids, reference=ex.answer, text=text))
     return items

@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.data.prompts import PromptFormat, encode_prompt, render_prompt
+from engine.config import DataConfig
+from engine.data.prompts import CHAT_INSTRUCTION, Messages, PromptFormat, encode_prompt, render_prompt
 from engine.types import PromptItem
 
 
 class QuestionAnswer(Protocol):
     """What the stream needs of an example: gsm8k.Example and synthetic.Problem both fit."""
 
-    question: str
+    question: str | Messages
     answer: str
 
 
@@ -45,6 +46,7 @@ class PromptStream:
         max_prompt_tokens: int,
         seed: int,
         shuffle: bool,
+        instruction: str = CHAT_INSTRUCTION,
     ) -> None:
         if max_prompt_tokens < 1:
             raise ValueError(f"data.max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
@@ -53,7 +55,7 @@ class PromptStream:
         self.shuffle = shuffle
         self._prompts: list[_Prompt] = []
         for i, example in enumerate(examples):
-            text = render_prompt(example.question, tokenizer, prompt_format, system_prompt)
+            text = render_prompt(example.question, tokenizer, prompt_format, system_prompt, instruction)
             ids = encode_prompt(text, tokenizer, prompt_format)
             if len(ids) <= max_prompt_tokens:
                 self._prompts.append(_Prompt(i, tuple(ids), text, example.answer))
@@ -64,6 +66,14 @@ class PromptStream:
         self._epoch = 0
         self._cursor = 0  # position in the current epoch's order of the next prompt to yield
         self._order_cache: tuple[int, list[int]] = (-1, [])
+
+    @classmethod
+    def from_config(cls, examples: Sequence[QuestionAnswer], tokenizer: Any, data: DataConfig, seed: int
+                    ) -> PromptStream:
+        """The stream a recipe's `data` settings describe."""
+        return cls(examples, tokenizer, prompt_format=data.prompt_format, system_prompt=data.system_prompt,
+                   max_prompt_tokens=data.max_prompt_tokens, seed=seed, shuffle=data.shuffle,
+                   instruction=data.instruction)
 
     @property
     def num_prompts(self) -> int:

@@ -1,7 +1,8 @@
 """Prompt / reference-answer tables in JSON-lines or Parquet files: `data.source: jsonl | parquet`.
 
 Every row holds a prompt under `prompt_key` and a reference answer under `answer_key`; other columns are
-ignored. The prompt must be a non-empty string. The answer is kept as given, not parsed (no "####" rule: that
+ignored. The prompt is a non-empty string, or ready chat messages (`data.prompt_key: messages` for rows like
+`{"messages": [{"role": "user", "content": ...}], "answer": ...}`; rendered with data.prompt_format=chat). The answer is kept as given, not parsed (no "####" rule: that
 is the gsm8k source): a non-empty string as is, an int, float or decimal as its `str`; the reward decides how
 to read it. Every error names the file and the line (jsonl, counted from 1, blank lines included) or the row
 (parquet, counted from 0 as in `df.iloc`) and says what was expected.
@@ -113,9 +114,12 @@ def row_example(prompt: object, answer: object, prompt_key: str, answer_key: str
         key, role = (prompt_key, "prompt") if prompt is MISSING else (answer_key, "answer")
         raise ValueError(f"{where}: missing key '{key}' (each row needs '{prompt_key}' and '{answer_key}'; "
                          f"set data.{role}_key if the {role} has another name)")
-    if not isinstance(prompt, str):
-        raise ValueError(f"{where}: '{prompt_key}' (the prompt) must be a string, got {_kind(prompt)}")
-    if not prompt.strip():
+    if isinstance(prompt, (list, tuple)):
+        prompt = chat_messages_value(prompt, f"{where}: '{prompt_key}'")
+    elif not isinstance(prompt, str):
+        raise ValueError(f"{where}: '{prompt_key}' (the prompt) must be a string, got {_kind(prompt)} (or a list "
+                         f"of chat messages {{role, content}})")
+    elif not prompt.strip():
         raise ValueError(f"{where}: '{prompt_key}' (the prompt) is empty")
     if isinstance(answer, (int, float, Decimal)) and not isinstance(answer, bool):
         if isinstance(answer, float) and not math.isfinite(answer) or (
@@ -127,13 +131,41 @@ def row_example(prompt: object, answer: object, prompt_key: str, answer_key: str
                          f"got {_kind(answer)}")
     if not answer.strip():
         raise ValueError(f"{where}: '{answer_key}' (the answer) is empty")
-    for key, text in ((prompt_key, prompt), (answer_key, answer)):
+    texts = [m["content"] for m in prompt] if isinstance(prompt, list) else [prompt]
+    for key, text in [(prompt_key, t) for t in texts] + [(answer_key, answer)]:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate from a JSON "\ud800" escape: no tokenizer takes it
             raise ValueError(f"{where}: '{key}' is not valid Unicode ({exc.reason} at character {exc.start})"
                              ) from exc
     return Example(question=prompt, answer=answer)
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def chat_messages_value(messages: list | tuple, where: str) -> list[dict[str, str]]:
+    """Ready chat messages: a non-empty list of {"role": system | user | assistant, "content": non-empty str}
+    ending in a user turn (the model writes the next one); extra keys in a message are an error."""
+    if not messages:
+        raise ValueError(f"{where} (the prompt) is an empty list of messages")
+    checked = []
+    for i, message in enumerate(messages):
+        at = f"{where}, message {i}"
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            got = sorted(message) if isinstance(message, dict) else _kind(message)
+            raise ValueError(f"{at}: expected an object with exactly 'role' and 'content', got {got}")
+        role, content = message["role"], message["content"]
+        if role not in CHAT_ROLES:
+            raise ValueError(f"{at}: role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"{at}: content must be a non-empty string, got {_kind(content)}"
+                             f"{' (empty)' if isinstance(content, str) else ''}")
+        checked.append({"role": role, "content": content})
+    if checked[-1]["role"] != "user":
+        raise ValueError(f"{where}: the last message must be the user's (the model answers it), got "
+                         f"{checked[-1]['role']!r}")
+    return checked
 
 
 def _kind(value: object) -> str:

@@ -58,3 +58,30 @@ def test_special_tokens_are_added_once(tokenizer):
     assert plain[0] == bos and plain.count(bos) == 1
     assert chat[0] == bos and chat.count(bos) == 1  # from the template, not added again
     assert tokenizer.decode(plain, skip_special_tokens=True) == "Question: Q\nAnswer:"
+
+
+def test_instruction_is_a_setting_and_may_be_empty(tokenizer):
+    from engine.config import ConfigError, DataConfig
+
+    assert DataConfig().instruction == CHAT_INSTRUCTION  # the default lives in the dataclass
+    custom = render_prompt("What is 2+2?", tokenizer, "chat", instruction=" Answer with a number.")
+    assert custom == "<s><|user|>What is 2+2? Answer with a number.\n<|assistant|>"
+    assert render_prompt("What is 2+2?", tokenizer, "chat", instruction="") == "<s><|user|>What is 2+2?\n<|assistant|>"
+    assert DataConfig(prompt_format="chat", instruction="").instruction == ""
+    with pytest.raises(ConfigError, match="data.instruction: only read with data.prompt_format=chat"):
+        DataConfig(prompt_format="plain", instruction="")
+
+
+def test_ready_messages_render_as_written_with_the_system_prompt_first(tokenizer):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "What is 2+2?"}]
+    text = render_prompt(messages, tokenizer, "chat")  # no instruction appended to ready messages
+    assert text == "<s><|user|>Hi\n<|assistant|>Hello\n<|user|>What is 2+2?\n<|assistant|>"
+    assert render_prompt(messages, tokenizer, "chat", system_prompt="Be brief.").startswith(
+        "<s><|system|>Be brief.\n<|user|>Hi\n")
+    own_system = [{"role": "system", "content": "Mine."}, *messages]
+    assert render_prompt(own_system, tokenizer, "chat").startswith("<s><|system|>Mine.\n<|user|>Hi")
+    with pytest.raises(ValueError, match="open with a system turn of their own"):
+        render_prompt(own_system, tokenizer, "chat", system_prompt="Be brief.")
+    with pytest.raises(ValueError, match="needs data.prompt_format=chat"):
+        render_prompt(messages, None, "plain")

@@ -248,3 +248,31 @@ def test_datasets_source_rejects_the_synthetic_only_key():
         load_config(None, ["model.path=m", "data.source=datasets", "data.train_size=5"])
     with pytest.raises(ConfigError, match="data.test_split: not read by data.source=jsonl"):
         load_config(None, ["model.path=m", "data.source=jsonl", "data.test_split=dev"])
+
+
+def test_rows_may_carry_ready_messages_instead_of_a_question(tmp_path):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
+    _jsonl(tmp_path / "train.jsonl", [{"messages": messages, "answer": "2"}])
+    _jsonl(tmp_path / "test.jsonl", [{"messages": messages[1:], "answer": 2}])
+    train, heldout = _load("jsonl", tmp_path, prompt_key="messages")
+    assert train == [Example(messages, "2")] and heldout == [Example(messages[1:], "2")]
+
+
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        ([], r"'messages' \(the prompt\) is an empty list of messages"),
+        ([{"role": "user"}], r"'messages', message 0: expected an object with exactly 'role' and 'content', got \['role'\]"),
+        (["hi"], "message 0: expected an object .* got str"),
+        ([{"role": "tool", "content": "x"}], "message 0: role must be one of system, user, assistant, got 'tool'"),
+        ([{"role": "user", "content": " "}], r"message 0: content must be a non-empty string, got str \(empty\)"),
+        ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+         "the last message must be the user's .* got 'assistant'"),
+    ],
+)
+def test_bad_messages_name_the_line_and_the_message(tmp_path, messages, message):
+    path = _jsonl(tmp_path / "train.jsonl", [{"messages": [{"role": "user", "content": "Q"}], "answer": "1"},
+                                             {"messages": messages, "answer": "1"}])
+    with pytest.raises(ValueError, match=message) as info:
+        _load("jsonl", tmp_path, prompt_key="messages")
+    assert str(info.value).startswith(f"{path}:2: ")
