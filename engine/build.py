@@ -253,7 +253,7 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                                       max_batch_sequences=cfg.rollout.max_batch_sequences)
         if not every_rank_generates(cfg, env):
             return engine
-        return RankFleet(engine, trainer.control, env.world_size, window=in_flight_window(cfg),
+        return RankFleet(engine, trainer.control, env.world_size, in_flight=cfg.rollout.in_flight,
                          stall_timeout_s=cfg.rollout.stall_timeout_s, peer_timeout_s=cfg.backend.peer_timeout_s)
     eos = tokenizer.eos_token_id
     devices = rollout_devices(cfg, backend, env)

@@ -17,12 +17,13 @@ in the messages of the split fleet (engine/rollout/fleet/messages.py):
       the local engine takes from the same dealer between its decode steps; the stream yields its groups and
       the followers' as they arrive; every group's version is checked against k on arrival
 
-Dealing is dynamic: an engine holds at most `window` prompts, and gets more as its groups finish. Per-prompt
-seeds (engine/rollout/native.py) make a prompt's samples the same whichever rank drew it. A follower that dies
-ends the whole job (the control plane fails fast), so no prompt is ever dealt twice. Waits are bounded: a
-follower that sends nothing for `stall_timeout_s` within a request is an error (rank 0 raises, and the job
-ends); a follower waits for rank 0's next prompts at most `peer_timeout_s`. Spans come back relative to the follower's receipt of the request
-and are re-based on rank 0's send time (ranks may be on hosts with unrelated clocks); lane `rollout-<rank>`.
+Dealing is dynamic: an engine holds at most its window of prompts (rollout.in_flight, or its rows' worth), and
+gets more as its groups finish. Per-prompt seeds (engine/rollout/native.py) make a prompt's samples the same
+whichever rank drew it. A follower that dies ends the whole job (the control plane fails fast), so no prompt is
+ever dealt twice. Waits are bounded: a follower that sends nothing for `stall_timeout_s` within a request is an
+error (rank 0 raises, and the job ends); a follower waits for rank 0's next prompts at most `peer_timeout_s`.
+Spans come back relative to the follower's receipt of the request and are re-based on rank 0's send time (ranks
+may be on hosts with unrelated clocks); lane `rollout-<rank>`.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 
 from engine import metrics as M
 from engine.metrics import Span
-from engine.parallel.control import ControlPlane, PeerTimeout
+from engine.parallel.control import ControlPlane
 from engine.rollout.base import SamplingParams
 from engine.rollout.fleet.dealer import Dealer
 from engine.rollout.fleet.messages import EndPrompts, Generate, GenerateDone, GroupReady, Prompts, Refused
@@ -58,6 +59,7 @@ class _Call:
     dealer: Dealer
     params: SamplingParams
     version: int
+    window: int  # prompts an engine may hold in flight
     sent_at: float  # rank 0's perf_counter when the followers were sent the request
     out: queue.Queue = field(default_factory=queue.Queue)  # groups, _Done markers and errors
     lock: threading.Lock = field(default_factory=threading.Lock)  # a deal and its message go out together
@@ -81,16 +83,18 @@ class LocalSource:
             out, self.first = self.first[:k], self.first[k:]
             return out
         dealer = self.call.dealer
-        more = self.fleet.deal(self.call, LOCAL, min(self.fleet.window, dealer.in_flight(LOCAL) + k))
+        more = self.fleet.deal(self.call, LOCAL, min(self.call.window, dealer.in_flight(LOCAL) + k))
         return more if more or dealer.waiting else None
 
 
 class RankFleet:
     """RolloutEngine (engine/rollout/base.py) over rank 0's engine and one engine per follower rank."""
 
-    def __init__(self, local: NativeRolloutEngine, control: ControlPlane, world_size: int, *, window: int,
+    def __init__(self, local: NativeRolloutEngine, control: ControlPlane, world_size: int, *, in_flight: int,
                  stall_timeout_s: float, peer_timeout_s: float) -> None:
-        self.local, self.control, self.window = local, control, window
+        """`in_flight`: prompts an engine may hold (0: as many as its rows take, `max_batch_sequences / n`, so
+        evaluation's n=1 fills the engines as a training rollout does)."""
+        self.local, self.control, self.in_flight = local, control, in_flight
         self.followers = list(range(1, world_size))
         self.stall_timeout_s, self.peer_timeout_s = stall_timeout_s, peer_timeout_s
         self._spans: list[Span] = []
@@ -108,17 +112,18 @@ class RankFleet:
         self.local.load_weights(named_tensors, version)
 
     def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
-        """Deal `prompts` now (followers first get their window, rank 0's engine its own); the iterator yields
-        every group as it arrives, from any rank."""
+        """Deal `prompts` now (rank 0's engine its window first, then each follower its own); the iterator
+        yields every group as it arrives, from any rank."""
         check_sampling_params(params)
         prompts = list(prompts)
         if any(not p.prompt_ids for p in prompts):
             raise ValueError("a prompt has no tokens: there is nothing to condition on")
-        call = _Call(next(self._call_ids), Dealer(prompts), params, self.version, time.perf_counter())
-        first = call.dealer.take(LOCAL, self.window)
+        window = self.in_flight or max(1, self.local.max_batch_sequences // params.n)
+        call = _Call(next(self._call_ids), Dealer(prompts), params, self.version, window, time.perf_counter())
+        first = call.dealer.take(LOCAL, window)
         for rank in self.followers:
             with call.lock:
-                share = call.dealer.take(rank, self.window)
+                share = call.dealer.take(rank, window)
                 self.control.send(rank, ("generate", Generate(call.id, call.version, share, params)))
             threading.Thread(target=self._read, args=(call, rank), name=f"cadence-rank-rollout-{rank}",
                              daemon=True).start()
@@ -172,7 +177,7 @@ class RankFleet:
                         raise WeightVersionError(f"rank {rank} sent a group of version {message.group.version} for "
                                                  f"a request at version {call.version}")
                     call.dealer.done(rank, message.group.prompt.index)
-                    self.deal(call, rank, self.window)
+                    self.deal(call, rank, call.window)
                     call.out.put(message.group)
                 elif isinstance(message, GenerateDone) and message.request_id == call.id:
                     rebased = [s._replace(lane=f"rollout-{rank}", start_s=s.start_s + call.sent_at,
@@ -185,7 +190,7 @@ class RankFleet:
                     raise WeightVersionError(f"rank {rank} refused to generate: {message.reason}")
                 else:
                     raise RolloutWorkerError(f"rank {rank} answered request {call.id} with {message!r}")
-        except (PeerTimeout, RolloutWorkerError) as exc:
+        except Exception as exc:  # PeerTimeout, a protocol error, a lost connection: the stream raises it
             call.out.put(exc)
 
     def _stream(self, call: _Call, source: LocalSource, total: int) -> Iterator[RolloutGroup]:

@@ -84,7 +84,7 @@ def by_prompt(groups) -> dict[int, list[list[int]]]:
 def test_two_ranks_deal_dynamically_and_sample_what_one_engine_samples():
     wire = Wire()
     thread = follower(wire, engine())
-    fleet = RankFleet(engine(), wire.end(0), 2, window=1, stall_timeout_s=30.0, peer_timeout_s=30.0)
+    fleet = RankFleet(engine(), wire.end(0), 2, in_flight=1, stall_timeout_s=30.0, peer_timeout_s=30.0)
     groups = list(fleet.generate(PROMPTS, PARAMS))
     thread.join(timeout=30.0)
     alone = list(engine().generate(PROMPTS, PARAMS))
@@ -100,6 +100,6 @@ def test_two_ranks_deal_dynamically_and_sample_what_one_engine_samples():
 def test_a_follower_holding_another_version_is_refused():
     wire = Wire()
     follower(wire, engine(version=3))
-    fleet = RankFleet(engine(), wire.end(0), 2, window=1, stall_timeout_s=30.0, peer_timeout_s=30.0)
+    fleet = RankFleet(engine(), wire.end(0), 2, in_flight=1, stall_timeout_s=30.0, peer_timeout_s=30.0)
     with pytest.raises(WeightVersionError, match="holds weights version 3"):
         list(fleet.generate(PROMPTS, PARAMS))
