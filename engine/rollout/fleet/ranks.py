@@ -17,7 +17,8 @@ in the messages of the split fleet (engine/rollout/fleet/messages.py):
       the local engine takes from the same dealer between its decode steps; the stream yields its groups and
       the followers' as they arrive; every group's version is checked against k on arrival
 
-Dealing is dynamic: an engine holds at most its window of prompts (rollout.in_flight, or its rows' worth), and
+Dealing is dynamic: an engine holds at most its window of prompts (rollout.in_flight, or its rows' worth, and
+never more than its fair share ceil(P / engines) of the call, so a small call still reaches every rank), and
 gets more as its groups finish. Per-prompt seeds (engine/rollout/native.py) make a prompt's samples the same
 whichever rank drew it. A follower that dies ends the whole job (the control plane fails fast), so no prompt is
 ever dealt twice. Waits are bounded: a follower that sends nothing for `stall_timeout_s` within a request is an
@@ -71,6 +72,12 @@ class _Done:
     rank: int
 
 
+def fair_share(prompts: int, engines: int) -> int:
+    """ceil(prompts / engines): the most one engine holds at once, so a call smaller than the engines' rows
+    is spread over all of them instead of filling the first engine dealt to."""
+    return max(1, -(-prompts // engines))
+
+
 class LocalSource:
     """Rank 0's engine's PromptSource: its first share, then the dealer's prompts up to `window` in flight.
     None once nothing waits: a follower's death ends the job, so no prompt comes back to be dealt again."""
@@ -118,7 +125,8 @@ class RankFleet:
         prompts = list(prompts)
         if any(not p.prompt_ids for p in prompts):
             raise ValueError("a prompt has no tokens: there is nothing to condition on")
-        window = self.in_flight or max(1, self.local.max_batch_sequences // params.n)
+        window = min(self.in_flight or max(1, self.local.max_batch_sequences // params.n),
+                     fair_share(len(prompts), 1 + len(self.followers)))
         call = _Call(next(self._call_ids), Dealer(prompts), params, self.version, window, time.perf_counter())
         first = call.dealer.take(LOCAL, window)
         for rank in self.followers:

@@ -97,6 +97,18 @@ def test_two_ranks_deal_dynamically_and_sample_what_one_engine_samples():
     assert {s.lane for s in fleet.pop_spans()} == {"rollout-0", "rollout-1"}
 
 
+def test_a_call_smaller_than_the_rows_reaches_every_rank():
+    wire = Wire()
+    thread = follower(wire, engine())
+    local = engine()
+    local.max_batch_sequences = 64  # rows for all 6 prompts: only the fair share keeps rank 1 from idling
+    fleet = RankFleet(local, wire.end(0), 2, in_flight=0, stall_timeout_s=30.0, peer_timeout_s=30.0)
+    groups = list(fleet.generate(PROMPTS, PARAMS))
+    thread.join(timeout=30.0)
+    assert len(groups) == len(PROMPTS)
+    assert fleet.metrics()[M.ENGINE_BUSY_PREFIX + "rollout-1"] > 0
+
+
 def test_a_follower_holding_another_version_is_refused():
     wire = Wire()
     follower(wire, engine(version=3))
