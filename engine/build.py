@@ -19,14 +19,16 @@ from engine.parallel.checkpoint import ShardedCheckpoints, follower_handlers
 from engine.parallel.control import ControlPlane
 from engine.parallel.dist import LOCAL, Collectives, DistEnv
 from engine.parallel.fsdp import LOCAL_GRAD_SYNC, FsdpGradSync
-from engine.parallel.loading import load_sharded_actor, sharded_reference
+from engine.parallel.loading import empty_rollout_copy, load_sharded_actor, sharded_reference
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
 from engine.rollout.fleet.fleet import FLEET_FILE, Fleet
+from engine.rollout.fleet.ranks import RankFleet, serve_generate
 from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
+from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.tracking import check_installed
 from engine.trainer import Trainer
@@ -145,16 +147,31 @@ def expected_normaliser(cfg: Config) -> int:
     return sequences * (r.max_new_tokens if a.loss_aggregation == "token_mean" else 1)
 
 
+def every_rank_generates(cfg: Config, env: DistEnv | None) -> bool:
+    """Colocated under torchrun with several ranks: each rank's device generates with its own native engine
+    (vLLM stays on rank 0: its in-process mode would take over the default process group)."""
+    return (env is not None and env.world_size > 1 and cfg.pipeline.placement == "colocated"
+            and cfg.rollout.engine == "native")
+
+
 @dataclasses.dataclass(slots=True)
 class Follower:
-    """A torchrun rank > 0: its trainer shard, following rank 0's commands until it says stop."""
+    """A torchrun rank > 0: its trainer shard (and, when every rank generates, its rollout engine), following
+    rank 0's commands until it says stop."""
 
     trainer: Trainer
     control: ControlPlane
     ckpt_root: Path
+    rollout: NativeRolloutEngine | None = None
+    prompt_timeout_s: float = 60.0  # the longest wait for rank 0's next prompts within a request
 
     def run(self) -> None:
-        follow(self.trainer, self.control, follower_handlers(self.trainer, self.ckpt_root))
+        handlers = follower_handlers(self.trainer, self.ckpt_root)
+        if self.rollout is not None:
+            engine, trainer, control = self.rollout, self.trainer, self.control
+            handlers["sync"] = lambda version: engine.load_weights(trainer.rollout_weights(), version)
+            handlers["generate"] = lambda request: serve_generate(engine, control, request, self.prompt_timeout_s)
+        follow(self.trainer, self.control, handlers)
 
 
 def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPlane) -> Follower:
@@ -164,10 +181,17 @@ def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPla
     device = backend.device(env.local_rank)
     folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
     tokenizer = load_tokenizer(folder, cfg.model)
-    cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))  # no rollout copy
+    generates = every_rank_generates(cfg, env)
+    cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))  # no copy of rank 0's
     trainer, _ = build_trainer(cfg, backend, device, folder, tokenizer, env)
+    rollout = None
+    if generates:
+        model = empty_rollout_copy(folder, cfg.model, device, trainer.trimodel.actor, trainer.precision.compute,
+                                   _attention(cfg, backend))
+        rollout = build_rollout_engine("native", model, tokenizer, device,
+                                       max_batch_sequences=cfg.rollout.max_batch_sequences)
     startup_memory(backend, env)
-    return Follower(trainer, control, run_dir / "checkpoints")
+    return Follower(trainer, control, run_dir / "checkpoints", rollout, cfg.backend.peer_timeout_s)
 
 
 def overlong_of(cfg: Config) -> OverlongPenalty | None:
@@ -214,7 +238,8 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
 def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer,
                   env: DistEnv | None = None, run_dir: Path | None = None) -> RolloutEngine:
     """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
-    compute-dtype copy, synced from the masters each iteration).
+    compute-dtype copy, synced from the masters each iteration); under torchrun with several ranks, the fleet of
+    that engine and one on every other rank (engine/rollout/fleet/ranks.py).
     split: a fleet of rollout worker processes (engine/rollout/fleet/), each with its own copy of the model from
     the same folder, its own threads (pipeline.rollout_threads) and, on accelerators, its device
     (pipeline.rollout_devices); weights reach them all by the backend's transport, sent once."""
@@ -222,8 +247,12 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
     if cfg.rollout.engine == "vllm":
         return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=vllm_multiprocess(cfg, env))
     if cfg.pipeline.placement == "colocated":
-        return build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
-                                    max_batch_sequences=cfg.rollout.max_batch_sequences)
+        engine = build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
+                                      max_batch_sequences=cfg.rollout.max_batch_sequences)
+        if not every_rank_generates(cfg, env):
+            return engine
+        return RankFleet(engine, trainer.control, env.world_size, in_flight=cfg.rollout.in_flight,
+                         stall_timeout_s=cfg.rollout.stall_timeout_s, peer_timeout_s=cfg.backend.peer_timeout_s)
     eos = tokenizer.eos_token_id
     devices = rollout_devices(cfg, backend, env)
     compute_model = dataclasses.replace(cfg.model, dtype=str(precision.compute).removeprefix("torch."))

@@ -171,8 +171,8 @@ class RolloutConfig:
     # An engine in another process whose generation has not advanced (no decode step) for this long is taken
     # for dead: a rollout worker, or a multi-process vLLM step (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).
     stall_timeout_s: float = 300.0
-    # Prompts each rollout worker may have in flight (the fleet deals the next one as a group finishes);
-    # 0 = chosen from the schedule: sync fills the engine (max_batch_sequences / G), periodic_async one
+    # Prompts each rollout worker (or colocated torchrun rank) may have in flight (the fleet deals the next one
+    # as a group finishes); 0 = chosen from the schedule: sync fills the engine (max_batch_sequences / G), periodic_async one
     # micro-batch (optim.micro_batch_size / G), so groups finish in waves the trainer trains on while the
     # next wave generates, even when every response runs to max_new_tokens.
     in_flight: int = 0

@@ -46,6 +46,7 @@ SAMPLING_ROUNDS = "rollout/sampling_rounds"  # dynamic sampling: generation roun
 TRUNCATED_FRAC = "rollout/truncated_frac"
 ROLLOUT_ENGINES = "rollout/engines"  # rollout engines that generated this iteration (a fleet's live workers)
 REDISPATCHED_PROMPTS = "rollout/redispatched_prompts"  # prompts of an engine that died, dealt to the others
+ENGINE_BUSY_PREFIX = "rollout/busy_s/"  # + lane ("rollout-<id>"): seconds that engine spent generating
 
 # ------------------------------------------------------------------------------------------------- optim
 GRAD_NORM = "optim/grad_norm"  # global norm before clipping
@@ -112,6 +113,16 @@ def append_engine_span(spans, stage: str, start: float, end: float) -> None:
         spans[-1] = last._replace(end_s=end)
     else:
         spans.append(Span("rollout", stage, start, end))
+
+
+def engine_busy(spans) -> dict[str, float]:
+    """`rollout/busy_s/<lane>` per engine lane: the summed length of its "generate" spans."""
+    out: dict[str, float] = {}
+    for span in spans:
+        if span.stage == "generate":
+            key = ENGINE_BUSY_PREFIX + span.lane
+            out[key] = out.get(key, 0.0) + span.end_s - span.start_s
+    return out
 
 
 class StageTimer:

@@ -97,6 +97,13 @@ class Peer:
             except queue.Empty:
                 continue
 
+    def poll(self) -> Any | None:
+        """The next command or reply from this peer if one has arrived, else None (never waits)."""
+        try:
+            return self.inbox.get_nowait()
+        except queue.Empty:
+            return None
+
     def silent_for(self) -> float:
         return time.monotonic() - self.last_seen
 
@@ -159,6 +166,9 @@ class ControlPlane:
 
     def receive(self, rank: int, doing: str, timeout_s: float | None = None) -> Any:
         return self.peers[rank].receive(doing, timeout_s)
+
+    def poll(self, rank: int) -> Any | None:
+        return self.peers[rank].poll()
 
     def fail(self, exc: BaseException) -> None:
         """Tell every peer this rank failed (they stop within a poll slice); then the caller exits."""

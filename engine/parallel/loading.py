@@ -59,6 +59,21 @@ def sharded_reference(folder: Path, cfg: ModelConfig, device: torch.device, acto
     return reference.requires_grad_(False).eval()
 
 
+def empty_rollout_copy(folder: Path, cfg: ModelConfig, device: torch.device, actor: nn.Module, dtype: torch.dtype,
+                       prepare: Prepare) -> nn.Module:
+    """A frozen, unsharded `dtype` model for a rank's own rollout engine: its parameters are left empty (every
+    weight sync fills them from the gathered full tensors, before any generation), its buffers are the sharded
+    `actor`'s (rotary inv_freq, broadcast from rank 0 at load), in their own dtype as rank 0's copy keeps them."""
+    no_checkpointing = ModelConfig(path=cfg.path, trust_remote_code=cfg.trust_remote_code)
+    model = empty_causal_lm(folder, no_checkpointing, dtype=dtype)
+    prepare(model)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for (name, ours), (_, theirs) in zip(model.named_buffers(), actor.named_buffers(), strict=True):
+            ours.data = theirs.detach().clone()  # .data: the buffer takes the actor's dtype, not only its values
+    return model.requires_grad_(False).eval()
+
+
 def _load_from_rank0(model: nn.Module, full: nn.Module | None) -> None:
     """Fill the sharded, empty `model` from rank 0's `full` model (None on the other ranks): parameters by
     torch's broadcast-from-rank-0 state-dict load, then every buffer (persistent or not) by broadcast."""

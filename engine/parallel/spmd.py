@@ -9,7 +9,9 @@ same order. Commands travel over the control plane (engine/parallel/control.py),
 waiting for the next one is not stuck in a collective, and a failure on any rank stops them all:
 
     rank 0 (controller)              ranks 1..N-1 (follow)
-    sync_weights  -> ("sync")   ->   gather full weights layer by layer (rank 0 hands them to the rollout)
+    sync_weights  -> ("sync", k) ->  gather full weights layer by layer (rank 0 hands them to the rollout; when
+                                     colocated, every rank's own engine copies them too: engine/rollout/fleet/ranks.py)
+    rollout       -> ("generate") -> colocated: this rank's engine generates the prompts rank 0 deals it
     accumulate x N -> ("train", mb_rank)  ->   forward/backward of mb_rank (or zero-weight when None)
     step          -> ("step")   ->   reduce gradients once, clip, AdamW step on the local shards (per mini-batch)
     end of iter.  -> ("end")    ->   learning-rate schedule, policy version k -> k+1
@@ -17,7 +19,8 @@ waiting for the next one is not stuck in a collective, and a failure on any rank
     end           -> ("stop")   ->   return
 
 Periodic asynchrony is unchanged: micro-batches are dealt as groups arrive, while the rollout engine
-(on rank 0's side) generates the rest; every group still carries the version the trainer ranks are at.
+(split placement: a worker fleet on rank 0's side) generates the rest; every group still carries the version
+the trainer ranks are at.
 """
 from __future__ import annotations
 
@@ -81,7 +84,8 @@ class TrainerGroup:
         return self.trainer.end_iteration()
 
     def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        self.control.broadcast(("sync", None))
+        """Every rank gathers each full tensor; the version lets a rank's own rollout engine load them."""
+        self.control.broadcast(("sync", self.trainer.version))
         return self.trainer.rollout_weights()
 
     def command(self, name: str, payload: Any = None) -> None:

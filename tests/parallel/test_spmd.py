@@ -105,3 +105,17 @@ def test_a_plain_checkpoint_under_torchrun_fails_in_one_line(tiny_model_dir, tmp
     logs = tmp_path / "logs"
     with pytest.raises(AssertionError, match="written by a single-process run"):
         launch(1, _overrides(tiny_model_dir, tmp_path, **{"run.iterations": 2, "run.resume": "true"}), logs)
+
+
+def test_every_colocated_rank_generates_and_two_ranks_train_what_one_trains(tiny_model_dir, tmp_path):
+    # 6 prompts, 2 in flight per engine (8 rows / G=4): each rank's engine is dealt more as its groups finish
+    extra = {"run.deterministic": "true", "rollout.prompts_per_iteration": 6, "rollout.max_batch_sequences": 8}
+    for nproc in (1, 2):
+        launch(nproc, _overrides(tiny_model_dir, tmp_path / str(nproc), **extra), tmp_path / f"logs{nproc}")
+    assert_same(final_weights(tmp_path / "2"), final_weights(tmp_path / "1"))
+    for nproc in (1, 2):
+        lines = [json.loads(line) for line in (tmp_path / str(nproc) / "t" / "metrics.jsonl").read_text().splitlines()]
+        trained = [line for line in lines if line["iteration"] > 0]
+        assert [line["rollout/engines"] for line in trained] == [nproc] * 3
+    busy = [[line.get(f"rollout/busy_s/rollout-{rank}", 0.0) for rank in (0, 1)] for line in trained]
+    assert all(b0 > 0 and b1 > 0 for b0, b1 in busy), busy  # both ranks' engines generated every iteration

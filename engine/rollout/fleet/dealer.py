@@ -41,6 +41,17 @@ class Dealer:
                 out.append(item)
             return out
 
+    def in_flight(self, member: Member) -> int:
+        """Prompts dealt to `member` whose groups have not arrived."""
+        with self.lock:
+            return len(self._in_flight.get(member, {}))
+
+    @property
+    def waiting(self) -> int:
+        """Prompts not dealt yet."""
+        with self.lock:
+            return len(self._waiting)
+
     def done(self, member: Member, index: int) -> None:
         """`member` delivered the group of prompt `index`."""
         with self.lock:

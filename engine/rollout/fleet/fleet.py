@@ -151,9 +151,11 @@ class Fleet:
         return out
 
     def metrics(self) -> dict[str, float]:
-        """The fleet's figures for the iteration: live engines and prompts dealt again after a death."""
+        """The fleet's figures for the iteration: live engines, prompts dealt again after a death, and each
+        worker's generation busy seconds."""
         redispatched, self._redispatched = self._redispatched, 0
-        return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched)}
+        return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched),
+                **M.engine_busy(s for m in self.members for s in m.spans)}
 
     def close(self) -> None:
         """Stop and reap every worker, release the transport. Idempotent."""

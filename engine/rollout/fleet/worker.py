@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -135,7 +136,7 @@ def _generate(engine: NativeRolloutEngine, request: Generate, requests: Connecti
         replies.send(Refused(request.request_id, f"the worker holds weights version {engine.version}, "
                                                  f"the request is for version {request.version}"))
         return
-    source = RequestSource(request, requests)
+    source = RequestSource(request, pipe_receiver(requests))
     for group in engine.generate(source, request.params):
         replies.send(GroupReady(request.request_id, group))
     replies.send(GenerateDone(request.request_id, engine.pop_spans()))
@@ -145,11 +146,13 @@ def _generate(engine: NativeRolloutEngine, request: Generate, requests: Connecti
 
 class RequestSource:
     """The prompts of one request: its first ones, then those of Prompts messages until EndPrompts (the
-    engine's PromptSource, read from the request pipe)."""
+    engine's PromptSource). `receive(block)` returns the next message of the request's channel, or None when
+    none has arrived and `block` is False: the worker's request pipe (`pipe_receiver`), or a torchrun rank's
+    control plane (engine/rollout/fleet/ranks.py)."""
 
-    def __init__(self, request: Generate, requests: Connection) -> None:
+    def __init__(self, request: Generate, receive: Callable[[bool], object | None]) -> None:
         self.request_id = request.request_id
-        self.requests = requests
+        self.receive = receive
         self.waiting = list(request.prompts)
         self.ended = False
         self.shutdown = False
@@ -162,9 +165,11 @@ class RequestSource:
         return out
 
     def _read(self, block: bool) -> None:
-        """Every message already in the pipe (and, with `block`, the next one while none has arrived)."""
-        while not self.ended and (self.requests.poll(0) or block):
-            message = self.requests.recv()
+        """Every message already received (and, with `block`, the next one while none has arrived)."""
+        while not self.ended:
+            message = self.receive(block)
+            if message is None:
+                return
             block = False
             if isinstance(message, Prompts) and message.request_id == self.request_id:
                 self.waiting.extend(message.prompts)
@@ -175,3 +180,8 @@ class RequestSource:
                 self.waiting = []
             elif not isinstance(message, (Prompts, EndPrompts)):  # another request's tail is dropped
                 raise TypeError(f"unexpected {type(message).__name__} during generate request {self.request_id}")
+
+
+def pipe_receiver(conn: Connection) -> Callable[[bool], object | None]:
+    """RequestSource's `receive` over a pipe: the next message, or None when none is there and not `block`."""
+    return lambda block: conn.recv() if block or conn.poll(0) else None
