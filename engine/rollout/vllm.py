@@ -239,7 +239,8 @@ class VllmRolloutEngine:
             n=1 if greedy else params.n, max_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p, top_k=0 if greedy else params.top_k,
             seed=None if greedy else request_seed(params.seed, index),
-            stop_token_ids=sorted({self.eos_token_id, *params.stop_token_ids}),
+            stop_token_ids=[] if params.ignore_eos else sorted({self.eos_token_id, *params.stop_token_ids}),
+            ignore_eos=params.ignore_eos,
             stop=list(params.stop_strings) or None, include_stop_str_in_output=True,
             detokenize=bool(params.stop_strings), skip_special_tokens=False, spaces_between_special_tokens=False,
             logprobs=0,  # the sampled token's log-prob only
