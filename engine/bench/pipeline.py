@@ -22,6 +22,8 @@ Figures, over iterations 2..N (the first pays for the worker's start-up and warm
     ideal_speedup    (T_gen + T_train) / max(T_gen, T_train), T_gen = generation busy time and T_train =
                      trainer busy time (prompts, score, train, step) of the split_sync run, per iteration:
                      what perfect overlap would give, ignoring the sync barrier and the first/last group
+    overlap_frac     periodic_async's pipeline/overlap_frac: share of the shorter phase hidden behind the longer
+    async_over_colocated  async_samples_per_s / colocated_samples_per_s
     max_param_rel_diff  max over tensors of max|async - sync| / max|sync| of the final parameters
     schedule_bound_speedup  the split_sync run replayed through the periodic_async schedule: its groups
                      arrive when they did, each micro-batch costs what its score + train took, so this is
