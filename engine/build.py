@@ -23,6 +23,7 @@ from engine.parallel.loading import empty_rollout_copy, load_sharded_actor, shar
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
+from engine.rollout.fleet.dealer import share_window
 from engine.rollout.fleet.fleet import FLEET_FILE, Fleet
 from engine.rollout.fleet.ranks import RankFleet, serve_generate
 from engine.rollout.fleet.transports import make_transport
@@ -279,9 +280,10 @@ def rollout_devices(cfg: Config, backend, env: DistEnv | None) -> list[torch.dev
 
 def in_flight_window(cfg: Config) -> int:
     """Prompts per rollout worker in flight (rollout.in_flight; 0: fill the engine under sync, one
-    micro-batch under periodic_async, so groups finish in waves)."""
+    micro-batch under periodic_async, so groups finish in waves; either way at most an even share of the
+    iteration's prompts, so no worker idles while the first one holds them all)."""
     r = cfg.rollout
     if r.in_flight:
         return r.in_flight
     sequences = cfg.optim.micro_batch_size if cfg.pipeline.schedule == "periodic_async" else r.max_batch_sequences
-    return max(1, sequences // r.group_size)
+    return share_window(r.prompts_per_iteration, cfg.pipeline.worker_count, max(1, sequences // r.group_size))

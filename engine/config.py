@@ -156,6 +156,9 @@ class RolloutConfig:
     prompts_per_iteration: int = 16  # B
     group_size: int = 8  # G
     max_new_tokens: int = 64
+    # Every response runs to max_new_tokens: no eos or stop id ends one (stop strings still do). For
+    # benchmarks of the fixed-length case (e.g. early training, when nothing stops before the limit).
+    ignore_eos: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off

@@ -330,7 +330,8 @@ class Controller:
         # uninterrupted one would have.
         return SamplingParams(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                               top_p=r.top_p, top_k=r.top_k, stop_token_ids=self._stop_ids(),
-                              stop_strings=tuple(r.stop), seed=self.cfg.run.seed * 1_000_003 + k)
+                              stop_strings=tuple(r.stop), seed=self.cfg.run.seed * 1_000_003 + k,
+                              ignore_eos=r.ignore_eos)
 
     def _stop_ids(self) -> tuple[int, ...]:
         """Every id that ends a turn: the tokenizer's eos and the model's generation_config ids (a chat model's

@@ -1,7 +1,13 @@
 """Periodic asynchrony vs the synchronous schedule on one resource split: throughput, ideal speedup, agreement.
 
     python -m engine.bench pipeline [--json] [--iterations N] [--model PATH] [--prompts B] [--micro-batch-size M]
-                                    [--max-batch-sequences S] [--backend cpu|cuda|ascend]
+                                    [--max-batch-sequences S] [--backend cpu|cuda|ascend] [--max-new-tokens T]
+                                    [--fixed-length]
+
+`--fixed-length`: every response runs to max_new_tokens (rollout.ignore_eos=true; algorithm.truncated=train so
+the cut responses still train), on the TRL-shaped workload unless --prompts / --max-new-tokens say otherwise
+(B=8, G=8, 64 tokens). All groups then take equally long; the default in-flight window (rollout.in_flight=0:
+one micro-batch of groups per worker under periodic_async) is what makes them finish in waves.
 
 One quickstart-like recipe (the embedded tiny-math model, synthetic problems, B=32, G=8, 48 new tokens, at most
 32 sequences in flight) runs three ways in this process, each from the same seed and weights:
@@ -16,6 +22,8 @@ Figures, over iterations 2..N (the first pays for the worker's start-up and warm
     ideal_speedup    (T_gen + T_train) / max(T_gen, T_train), T_gen = generation busy time and T_train =
                      trainer busy time (prompts, score, train, step) of the split_sync run, per iteration:
                      what perfect overlap would give, ignoring the sync barrier and the first/last group
+    overlap_frac     periodic_async's pipeline/overlap_frac: share of the shorter phase hidden behind the longer
+    async_over_colocated  async_samples_per_s / colocated_samples_per_s
     max_param_rel_diff  max over tensors of max|async - sync| / max|sync| of the final parameters
     schedule_bound_speedup  the split_sync run replayed through the periodic_async schedule: its groups
                      arrive when they did, each micro-batch costs what its score + train took, so this is
@@ -70,7 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
     parser.add_argument("--iterations", type=int, default=8, help="iterations per run; the first is not measured")
     parser.add_argument("--model", default="embedded://tiny-math", help="model folder or embedded://tiny-math")
-    parser.add_argument("--prompts", type=int, default=32, help="B, prompts per iteration")
+    parser.add_argument("--prompts", type=int, default=None, help="B, prompts per iteration (32; 8 --fixed-length)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="T (48; 64 with --fixed-length)")
+    parser.add_argument("--fixed-length", action="store_true", help="no eos: every response is T tokens long")
     parser.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward/backward")
     parser.add_argument("--rollout-threads", type=int, default=1)
     parser.add_argument("--trainer-threads", type=int, default=1)
@@ -81,6 +91,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iterations < 2:
         parser.error("--iterations must be >= 2 (the first iteration is not measured)")
+    if args.prompts is None:
+        args.prompts = 8 if args.fixed_length else 32
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 64 if args.fixed_length else 48
     return args
 
 
@@ -91,10 +105,12 @@ def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant:
         "run.progress": False, "run.checkpoint_every": 0, "backend.name": args.backend, "backend.threads": threads,
         "model.path": str(model_dir), "data.source": "synthetic", "rollout.prompts_per_iteration": args.prompts,
         "rollout.group_size": GROUP_SIZE, "rollout.max_batch_sequences": args.max_batch_sequences,
-        "rollout.max_new_tokens": 48, "rollout.temperature": 1.0, "optim.lr": 5e-4,
+        "rollout.max_new_tokens": args.max_new_tokens, "rollout.temperature": 1.0, "optim.lr": 5e-4,
         "optim.warmup_iterations": 3, "optim.micro_batch_size": args.micro_batch_size, "eval.before": False,
         "eval.after": False, "pipeline.rollout_threads": args.rollout_threads,
         "pipeline.trainer_threads": args.trainer_threads, **VARIANTS[variant]}
+    if args.fixed_length:
+        values |= {"rollout.ignore_eos": True, "algorithm.truncated": "train"}
     return [f"{key}={value}" for key, value in values.items()]
 
 
@@ -198,10 +214,13 @@ def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff:
     return {"sync_samples_per_s": sync.samples_per_s, "async_samples_per_s": periodic.samples_per_s,
             "speedup": speedup, "ideal_speedup": ideal, "speedup_over_ideal": speedup / ideal,
             "schedule_bound_speedup": bound, "schedule_bound_over_ideal": bound / ideal,
-            "colocated_samples_per_s": results["colocated_sync"].samples_per_s, "max_param_rel_diff": param_diff,
+            "colocated_samples_per_s": results["colocated_sync"].samples_per_s,
+            "async_over_colocated": periodic.samples_per_s / results["colocated_sync"].samples_per_s,
+            "overlap_frac": periodic.overlap_frac, "max_param_rel_diff": param_diff,
             "load_avg_1min_before": load[0], "load_avg_1min_after": load[1], "host_parallelism": parallelism,
             "settings": {"iterations": args.iterations, "measured_iterations": args.iterations - 1,
-                         "prompts": args.prompts, "group_size": GROUP_SIZE, "max_new_tokens": 48,
+                         "prompts": args.prompts, "group_size": GROUP_SIZE, "max_new_tokens": args.max_new_tokens,
+                         "fixed_length": args.fixed_length,
                          "micro_batch_size": args.micro_batch_size, "rollout_threads": args.rollout_threads,
                          "trainer_threads": args.trainer_threads, "max_batch_sequences": args.max_batch_sequences,
                          "backend": args.backend, "model": args.model},

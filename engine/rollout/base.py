@@ -27,6 +27,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()  # matched on the decoded completion; a string may span tokens
     seed: int = 0  # generation is a pure function of (weights, prompts, params)
+    ignore_eos: bool = False  # no token id ends a sequence (eos nor stop_token_ids): each runs to max_new_tokens
 
 
 class PromptSource(Protocol):

@@ -179,7 +179,8 @@ class NativeRolloutEngine:
     # ------------------------------------------------------------------ the decode loop
     def _generate(self, source: PromptSource, params: SamplingParams) -> Iterator[RolloutGroup]:
         version = self.version
-        stop_ids = torch.tensor(sorted({self.eos_token_id, *params.stop_token_ids}), device=self.device)
+        stop_ids = torch.tensor([] if params.ignore_eos else sorted({self.eos_token_id, *params.stop_token_ids}),
+                                dtype=torch.long, device=self.device)
         batch = self._new_batch(source, params)
         fingerprint = _weights_fingerprint(self.model)
         while batch.running:

@@ -36,7 +36,13 @@ Contract details and where they come from:
   and a group whose tokens are not all of `self.version` raises instead of being yielded.
 - Weights. vLLM's in-place reload (`collective_rpc("reload_weights", weights_iterator=...)`, layer-wise
   re-processing into kernel layouts, e.g. the CPU GEMM repacking) in-process; across processes tensors do
-  not survive that RPC, so they go through a safetensors file and `weights_path`. Tied embeddings: the
+  not survive that RPC, so they travel in memory, never through a file: `SharedWeights` packs them into one
+  POSIX shared-memory block per dtype (/dev/shm, RAM; allocated at the first sync, rewritten in place after),
+  and only its manifest (block names, per-tensor dtype/shape/offset: a few KB) crosses the RPC to
+  `CadenceWorkerExtension.load_shared_weights`, which maps the blocks once and feeds views of them to the
+  same in-place reload. (CUDA design, not built: the same manifest with CUDA IPC handles of flat device
+  buffers, from torch.multiprocessing.reductions.reduce_tensor, rebuilt in the worker on its device; the
+  trainer keeps the buffers alive and synchronizes before the RPC.) Tied embeddings: the
   reload loads `embed_tokens` but skips the tied `lm_head` alias, leaving its kernel (the CPU packed GEMM)
   built from the old matrix; we rebuild the kernels of every tied alias after each reload (a method vLLM
   mixes into its workers, `CadenceWorkerExtension`). The prefix cache (KV of the old weights) is reset after
@@ -56,8 +62,6 @@ import contextlib
 import itertools
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -92,7 +96,7 @@ class VllmOptions:
     enable_prefix_caching: bool = True  # G samples of a prompt share its prefill
     seed: int = 0  # vLLM's engine seed (per-request seeds decide the samples; this only seeds vLLM's init)
     multiprocess: bool = False  # False: engine core and worker in this process (uni executor)
-    weights_via_file: bool | None = None  # hand weights over as a safetensors file; None: when multiprocess
+    weights_via_shm: bool | None = None  # hand weights over in shared memory (SharedWeights); None: multiprocess
     logprobs_mode: str = "raw_logprobs"  # see logprobs_mode_for
     # Which devices (accelerators: the backend's visible-devices variable, e.g. "6,7") or cores (CPU:
     # VLLM_CPU_OMP_THREADS_BIND, e.g. "0-1") vLLM's processes get; "" = vLLM's default. Multi-process only:
@@ -149,7 +153,7 @@ class VllmRolloutEngine:
         self._spans: deque[Span] = deque(maxlen=_MAX_SPANS)
         self._in_flight: set[str] = set()  # vLLM request ids of the running generate() call
         self._calls = itertools.count()
-        self._weights_dir: str | None = None  # safetensors hand-over folder (multiprocess mode only)
+        self._shared: SharedWeights | None = None  # the shared-memory hand-over (multiprocess mode)
         self._engine = _start_engine(str(model_dir), options)
         self._engine.set_weight_version(str(self.version))
         self.max_model_len: int = self._engine.model_config.max_model_len  # prompt + response tokens
@@ -163,10 +167,10 @@ class VllmRolloutEngine:
         if self._in_flight or self._engine.has_unfinished_requests():
             raise RuntimeError("load_weights while a generate() call has requests in flight: its remaining groups "
                                "would mix two policies; exhaust or close that generator first")
-        via_file = self.options.multiprocess if self.options.weights_via_file is None else self.options.weights_via_file
+        via_shm = self.options.multiprocess if self.options.weights_via_shm is None else self.options.weights_via_shm
         with self._busy("load_weights"), torch.no_grad():
-            if via_file:
-                self._reload_from_file(named_tensors)
+            if via_shm:
+                self._reload_from_shared_memory(named_tensors)
             else:
                 detached = ((name, t.detach()) for name, t in named_tensors)  # no graph into vLLM's copy
                 self._engine.collective_rpc("reload_weights", kwargs={"weights_iterator": detached})
@@ -176,15 +180,13 @@ class VllmRolloutEngine:
             self._engine.set_weight_version(str(version))
         self.version = version
 
-    def _reload_from_file(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        from safetensors.torch import save_file
-
-        if self._weights_dir is None:
-            self._weights_dir = tempfile.mkdtemp(prefix="cadence-vllm-weights-")
-        # clone: save_file refuses tensors that share storage (a tied pair) or are views.
-        tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in named_tensors}
-        save_file(tensors, os.path.join(self._weights_dir, "model.safetensors"))
-        self._engine.collective_rpc("reload_weights", kwargs={"weights_path": self._weights_dir})
+    def _reload_from_shared_memory(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Write the weights into the shared blocks, then have every vLLM worker reload from views of them."""
+        named_tensors = [(name, t.detach()) for name, t in named_tensors]
+        if self._shared is None:
+            self._shared = SharedWeights(named_tensors)
+        self._shared.write(named_tensors)
+        self._engine.collective_rpc("load_shared_weights", kwargs={"manifest": self._shared.manifest})
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
@@ -239,7 +241,8 @@ class VllmRolloutEngine:
             n=1 if greedy else params.n, max_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p, top_k=0 if greedy else params.top_k,
             seed=None if greedy else request_seed(params.seed, index),
-            stop_token_ids=sorted({self.eos_token_id, *params.stop_token_ids}),
+            stop_token_ids=[] if params.ignore_eos else sorted({self.eos_token_id, *params.stop_token_ids}),
+            ignore_eos=params.ignore_eos,
             stop=list(params.stop_strings) or None, include_stop_str_in_output=True,
             detokenize=bool(params.stop_strings), skip_special_tokens=False, spaces_between_special_tokens=False,
             logprobs=0,  # the sampled token's log-prob only
@@ -271,16 +274,16 @@ class VllmRolloutEngine:
         return out
 
     def close(self) -> None:
-        """Abort what is in flight, shut vLLM down and remove the weight hand-over folder. Idempotent."""
+        """Abort what is in flight, shut vLLM down and free the shared weight blocks. Idempotent."""
         engine, self._engine = getattr(self, "_engine", None), None
         if engine is not None:
             if self._in_flight:
                 engine.abort_request(sorted(self._in_flight))
                 self._in_flight.clear()
             engine.engine_core.shutdown()  # in-process this also destroys the process groups vLLM created
-        if self._weights_dir is not None:
-            shutil.rmtree(self._weights_dir, ignore_errors=True)
-            self._weights_dir = None
+        shared, self._shared = getattr(self, "_shared", None), None
+        if shared is not None:
+            shared.close()
 
     @contextlib.contextmanager
     def _busy(self, stage: str) -> Iterator[None]:
@@ -371,6 +374,46 @@ def _numpy_state():
     return np.random.get_state()
 
 
+class SharedWeights:
+    """Named tensors in POSIX shared memory (/dev/shm is RAM), one block per dtype, laid out once by the first
+    sync's names, shapes and dtypes (engine/rollout/fleet/transports.py plan_slots) and rewritten in place by
+    every later sync. `manifest` is all a vLLM worker needs to map them: plain lists and strings, so it crosses
+    any collective_rpc (vLLM's msgpack or pickle) at a few bytes per tensor."""
+
+    def __init__(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+        from multiprocessing.shared_memory import SharedMemory
+
+        from engine.rollout.fleet.transports import plan_slots, slot_views
+
+        slots, totals = plan_slots(named_tensors)
+        self._blocks = {dtype: SharedMemory(create=True, size=max(1, n * dtype.itemsize))
+                        for dtype, n in totals.items()}
+        flat = {dtype: torch.frombuffer(self._blocks[dtype].buf, dtype=dtype, count=n) for dtype, n in totals.items()}
+        self._views = slot_views(slots, flat)
+        self.manifest = {"pid": os.getpid(),
+                         "blocks": [[_dtype_name(d), b.name, totals[d]] for d, b in self._blocks.items()],
+                         "slots": [[s.name, _dtype_name(s.dtype), list(s.shape), s.offset] for s in slots]}
+
+    def write(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each tensor into its slot (a name or shape not in the first sync's layout is an error)."""
+        from engine.rollout.fleet.transports import pack_into
+
+        pack_into(self._views, ((name, t.to("cpu")) for name, t in named_tensors))
+
+    def close(self) -> None:
+        """Free the blocks: drop the tensors mapping them first (a mapped block cannot be closed)."""
+        self._views = {}
+        for block in self._blocks.values():
+            with contextlib.suppress(BufferError):  # a view still referenced elsewhere: the OS frees it at exit
+                block.close()
+            block.unlink()
+        self._blocks = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 class CadenceWorkerExtension:
     """Methods vLLM mixes into its worker class (EngineArgs.worker_extension_cls), called by name through
     collective_rpc: a name, unlike a function, crosses to a worker process without pickling code."""
@@ -389,6 +432,29 @@ class CadenceWorkerExtension:
                 module.quant_method.process_weights_after_loading(module)
                 refreshed.append(name)
         return refreshed
+
+    def load_shared_weights(self, manifest: dict) -> None:
+        """Reload the model in place from the blocks of a SharedWeights `manifest` (vLLM's reload_weights on
+        views of them: the values are copied into vLLM's own parameters). The blocks are mapped once and kept
+        for later syncs; the trainer owns and unlinks them, so this process stops the resource tracker from
+        unlinking them when it exits."""
+        from multiprocessing import resource_tracker
+        from multiprocessing.shared_memory import SharedMemory
+
+        from engine.rollout.fleet.transports import TensorSlot, slot_views
+
+        mapped = self.__dict__.setdefault("_cadence_shared", {})  # block name -> (SharedMemory, flat tensor)
+        flat = {}
+        for dtype_name, block_name, count in manifest["blocks"]:
+            if block_name not in mapped:
+                block = SharedMemory(name=block_name)
+                if manifest["pid"] != os.getpid():  # another process's block: not ours to unlink
+                    resource_tracker.unregister(block._name, "shared_memory")
+                mapped[block_name] = (block, torch.frombuffer(block.buf, dtype=getattr(torch, dtype_name), count=count))
+            flat[getattr(torch, dtype_name)] = mapped[block_name][1]
+        slots = [TensorSlot(name, getattr(torch, dtype), tuple(shape), offset)
+                 for name, dtype, shape, offset in manifest["slots"]]
+        self.reload_weights(weights_iterator=iter(slot_views(slots, flat).items()))
 
 
 def request_seed(seed: int, index: int) -> int:

@@ -128,6 +128,16 @@ def test_same_seed_same_tokens_different_seed_different_tokens():
     assert run(0) != run(1)
 
 
+def test_ignore_eos_runs_every_response_to_max_new_tokens():
+    engine = NativeRolloutEngine(ChainLM(tiny_model()), eos_token_id=40, pad_token_id=PAD, device=CPU)
+    params = SamplingParams(n=2, max_new_tokens=5, stop_token_ids=(10, 12), seed=0, ignore_eos=True)
+    # The chains that stop at 10 and at eos 40 above run on past them.
+    groups = {g.prompt.index: g for g in engine.generate(prompts_of([3, 8], [9], [37]), params)}
+    expected = {0: [9, 10, 11, 12, 13], 1: [10, 11, 12, 13, 14], 2: [38, 39, 40, 41, 42]}
+    for index, tokens in expected.items():
+        assert all((c.token_ids, c.finished) == (tokens, False) for c in groups[index].completions)
+
+
 def test_stop_tokens_eos_and_max_new_tokens():
     engine = NativeRolloutEngine(ChainLM(tiny_model()), eos_token_id=40, pad_token_id=PAD, device=CPU)
     params = SamplingParams(n=2, max_new_tokens=5, stop_token_ids=(10, 12), seed=0)

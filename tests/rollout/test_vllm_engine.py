@@ -292,9 +292,9 @@ def test_weight_update_shows_in_the_next_outputs(engine, model_dir):
 
 
 @pytest.mark.vllm
-def test_tempered_logprobs_and_file_hand_over(engines, model_dir):
-    """processed_logprobs at T = 0.7 after a weight update through a safetensors file (multiprocess's path)."""
-    engine = engines.get(model_dir, logprobs_mode="processed_logprobs", weights_via_file=True)
+def test_tempered_logprobs_and_shared_memory_hand_over(engines, model_dir):
+    """processed_logprobs at T = 0.7 after a weight update through shared memory (multiprocess's path)."""
+    engine = engines.get(model_dir, logprobs_mode="processed_logprobs", weights_via_shm=True)
     new = perturbed(hf_model(model_dir), seed=1, scale=0.2)
     engine.load_weights(new.named_parameters(), version=5)
     params = SamplingParams(n=3, max_new_tokens=10, temperature=0.7, seed=4)
@@ -303,6 +303,28 @@ def test_tempered_logprobs_and_file_hand_over(engines, model_dir):
     assert max_logprob_gap(groups, new, 0.7) < PARITY_TOL
     with pytest.raises(ValueError, match="truncate"):
         engine.generate(PROMPTS, SamplingParams(temperature=0.7, top_p=0.9))
+
+
+@pytest.mark.vllm
+def test_a_multiprocess_weight_sync_writes_no_weight_file(engines, model_dir, monkeypatch, tmp_path):
+    """vLLM in its own process gets the weights through shared memory: saving a safetensors file fails this
+    test, nothing new appears in the temp folder, and the log-probs are the new weights' (within PARITY_TOL)."""
+    import safetensors.torch
+    import tempfile
+
+    def no_file(*args, **kwargs):
+        raise AssertionError("a weight sync wrote a safetensors file")
+
+    engine = engines.get(model_dir, multiprocess=True)
+    monkeypatch.setattr(safetensors.torch, "save_file", no_file)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp/mkstemp during the sync would land here
+    new = perturbed(hf_model(model_dir), seed=3, scale=0.2)
+    engine.load_weights(new.named_parameters(), version=1)
+    engine.load_weights(new.named_parameters(), version=2)  # the second sync rewrites the same blocks
+    assert list(tmp_path.iterdir()) == []
+    groups = list(engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=10, temperature=1.0, seed=6)))
+    assert all(g.version == 2 for g in groups)
+    assert max_logprob_gap(groups, new, 1.0) < PARITY_TOL
 
 
 @pytest.mark.vllm

@@ -24,6 +24,13 @@ from engine.types import PromptItem
 Member = Hashable
 
 
+def share_window(prompts: int, engines: int, capacity: int) -> int:
+    """Prompts one engine may have in flight so that every engine gets work: min(capacity, ceil(prompts /
+    engines)), at least 1. Dealing fills each engine to its window in turn, so a window of `prompts` would hand
+    the first engine everything and leave the others idle."""
+    return max(1, min(capacity, -(-prompts // engines)))
+
+
 class Dealer:
     def __init__(self, prompts: Sequence[PromptItem]) -> None:
         self._waiting: deque[PromptItem] = deque(prompts)

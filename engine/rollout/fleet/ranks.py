@@ -41,7 +41,7 @@ from engine import metrics as M
 from engine.metrics import Span
 from engine.parallel.control import ControlPlane
 from engine.rollout.base import SamplingParams
-from engine.rollout.fleet.dealer import Dealer
+from engine.rollout.fleet.dealer import Dealer, share_window
 from engine.rollout.fleet.messages import EndPrompts, Generate, GenerateDone, GroupReady, Prompts, Refused
 from engine.rollout.fleet.process import RolloutWorkerError, WeightVersionError
 from engine.rollout.fleet.worker import RequestSource
@@ -70,12 +70,6 @@ class _Call:
 @dataclass(frozen=True, slots=True)
 class _Done:
     rank: int
-
-
-def fair_share(prompts: int, engines: int) -> int:
-    """ceil(prompts / engines): the most one engine holds at once, so a call smaller than the engines' rows
-    is spread over all of them instead of filling the first engine dealt to."""
-    return max(1, -(-prompts // engines))
 
 
 class LocalSource:
@@ -125,8 +119,9 @@ class RankFleet:
         prompts = list(prompts)
         if any(not p.prompt_ids for p in prompts):
             raise ValueError("a prompt has no tokens: there is nothing to condition on")
-        window = min(self.in_flight or max(1, self.local.max_batch_sequences // params.n),
-                     fair_share(len(prompts), 1 + len(self.followers)))
+        # At most a fair share ceil(P / engines), so a call smaller than the engines' rows reaches every rank.
+        window = share_window(len(prompts), 1 + len(self.followers),
+                              self.in_flight or max(1, self.local.max_batch_sequences // params.n))
         call = _Call(next(self._call_ids), Dealer(prompts), params, self.version, window, time.perf_counter())
         first = call.dealer.take(LOCAL, window)
         for rank in self.followers:
