@@ -13,6 +13,7 @@ from engine.controller import Components
 from engine.data.stream import PromptStream
 from engine.data.sources import load_examples, prompt_items
 from engine.default_model import resolve_model_path
+from engine.lora import synced_parameters
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
 from engine.checkpoint import RunCheckpoints
 from engine.parallel.checkpoint import ShardedCheckpoints, follower_handlers
@@ -136,7 +137,7 @@ def _lora_models(cfg: Config, backend, device, folder: Path, precision: Precisio
     base = load_causal_lm(folder, cfg.model, device, dtype=precision.compute, dropout=cfg.trainer.dropout)
     actor = apply_lora(base, cfg.model.lora, folder, precision.master)
     _attention(cfg, backend)(actor)
-    log_memory(actor)
+    log_memory(actor, with_reference=cfg.algorithm.kl_coef > 0)
     rollout_model = actor
     if _wants_rollout_copy(cfg, precision, False):
         rollout_model = frozen_copy(actor, precision.compute, share_frozen=True)
@@ -257,7 +258,7 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
              for device in devices]
     return Fleet(specs, make_transport(backend, devices[0]),
-                 weight_specs(trainer.trimodel.actor.named_parameters(), precision), window=in_flight_window(cfg),
+                 weight_specs(synced_parameters(trainer.trimodel.actor), precision), window=in_flight_window(cfg),
                  sync_timeout_s=cfg.pipeline.sync_timeout_s, stall_timeout_s=cfg.rollout.stall_timeout_s,
                  restart=cfg.pipeline.restart_rollout, fleet_file=run_dir / FLEET_FILE if run_dir else None)
 

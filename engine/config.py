@@ -448,10 +448,9 @@ class Config:
         if self.rollout.prompts_per_iteration % mini:
             raise ConfigError(f"algorithm.ppo_mini_batches: {mini} must divide rollout.prompts_per_iteration "
                               f"({self.rollout.prompts_per_iteration}) so every mini-batch has B / M groups")
-        if self.model.lora.enabled and (self.rollout.engine != "native" or self.pipeline.placement != "colocated"):
-            raise ConfigError("model.lora: adapters are synced to the colocated native engine only so far; set "
-                              "rollout.engine=native and pipeline.placement=colocated (vLLM LoRA requests and the "
-                              "rollout fleet are not built yet)")
+        if self.model.lora.enabled and self.rollout.engine != "native":
+            raise ConfigError("model.lora: adapters are synced to the native engine only so far (vLLM LoRA requests "
+                              "are not built yet); set rollout.engine=native")
         if self.algorithm.overlong_buffer > self.rollout.max_new_tokens:
             # The penalty ramp would start before token 0 (L_max - L_cache < 0), so even an empty response is
             # penalised: the buffer cannot be longer than the responses it is carved out of.

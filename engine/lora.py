@@ -18,7 +18,6 @@ peft is imported only by runs with model.lora.rank > 0 (the `lora` extra).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +25,7 @@ import torch
 from torch import nn
 
 from engine.config import ConfigError, LoraConfig
-
-log = logging.getLogger(__name__)
+from engine.console import log
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -89,6 +87,12 @@ def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     return ((name, p) for name, p in model.named_parameters() if p.requires_grad)
 
 
+def synced_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The parameters a weight sync carries: every one, or under LoRA the adapters alone (the rollout side
+    holds the same frozen base already)."""
+    return trainable_parameters(model) if is_lora(model) else model.named_parameters()
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter entries of `model.state_dict()` (names as the module spells them)."""
     return {name: tensor for name, tensor in model.state_dict().items() if ".lora_" in name}
@@ -117,12 +121,14 @@ class AdaptersOff:
             return self.actor(*args, **kwargs)
 
 
-def log_memory(actor: nn.Module) -> int:
-    """Log what LoRA trains and what it saves; return the bytes the reference copy would have taken."""
-    saved, trained = frozen_bytes(actor), trainable_bytes(actor)
-    log.info("LoRA: %d adapter parameters (%.2f MiB) trained over a frozen base of %.2f MiB; no reference "
-             "copy loaded (%.2f MiB of parameters saved)", sum(p.numel() for _, p in trainable_parameters(actor)),
-             trained / 2**20, saved / 2**20, saved / 2**20)
+def log_memory(actor: nn.Module, with_reference: bool) -> int:
+    """Log what LoRA trains and, when the run has a reference policy (algorithm.kl_coef > 0), the parameter
+    bytes its separate copy would have taken; return those bytes (0 without a reference)."""
+    saved, trained = frozen_bytes(actor) if with_reference else 0, trainable_bytes(actor)
+    log.info("LoRA: %d adapter parameters (%.3f MiB) trained over a frozen base of %.3f MiB%s",
+             sum(p.numel() for _, p in trainable_parameters(actor)), trained / 2**20, frozen_bytes(actor) / 2**20,
+             f"; reference = adapters off, no copy loaded ({saved / 2**20:.3f} MiB of parameters saved)"
+             if with_reference else "")
     return saved
 
 

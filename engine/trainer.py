@@ -33,7 +33,7 @@ from engine.config import AlgorithmConfig, OptimConfig
 from engine.parallel.dist import LOCAL, Collectives
 from engine.parallel.fsdp import LOCAL_GRAD_SYNC, GradSync
 from engine.precision import compute_weights, in_compute_dtype, make_grad_scaler
-from engine.lora import is_lora, trainable_parameters
+from engine.lora import is_lora, synced_parameters, trainable_parameters
 from engine.schedules import lr_lambda
 from engine.trimodel import TokenLogprobs, TriModel
 from engine.types import RolloutGroup
@@ -284,13 +284,10 @@ class Trainer:
         LoRA only the adapters: the rollout side holds the frozen base already. `sync_bytes` counts the bytes
         handed over (sync/bytes; a colocated engine that aliases the actor's storage copies none of them)."""
         self.sync_bytes = 0
-        for name, tensor in compute_weights(self._synced_parameters(), self.precision):
+        for name, tensor in compute_weights(synced_parameters(self.trimodel.actor), self.precision):
             self.sync_bytes += tensor.numel() * tensor.element_size()
             yield name, tensor
 
-    def _synced_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        actor = self.trimodel.actor
-        return trainable_parameters(actor) if is_lora(actor) else actor.named_parameters()
 
     # ------------------------------------------------------------------ checkpoint state
     def schedule_state(self) -> dict:

@@ -132,7 +132,7 @@ def test_config_errors_name_the_key(tiny_model_dir):
         LoraConfig(target_modules=["q_proj"])
     with pytest.raises(ConfigError, match=r"model.lora.target_modules: \['qkv'\] name no linear layer"):
         lora_actor(tiny_model_dir, targets=["q_proj", "qkv"])
-    with pytest.raises(ConfigError, match="model.lora: adapters are synced to the colocated native engine"):
+    with pytest.raises(ConfigError, match="model.lora: adapters are synced to the native engine only"):
         load_config(None, ["model.path=x", "model.lora.rank=8", "rollout.engine=vllm"])
     with pytest.raises(ConfigError, match="model.lora.rnak: unknown key"):
         load_config(None, ["model.path=x", "model.lora.rnak=8"])
@@ -201,3 +201,25 @@ def test_a_lora_run_checkpoints_a_peft_folder_logs_sync_bytes_and_exports_merged
         bound = 1e-4  # merging W + s B A in float32 rounds differently from adding s B (A x) to W x
         torch.testing.assert_close(merged(input_ids=ids).logits, actor(input_ids=ids).logits, rtol=bound, atol=bound)
     assert cadence(["export", str(ckpt), "--out", str(tmp_path / "x")]) == 2  # an adapter needs --merge
+
+
+@pytest.mark.slow
+def test_a_split_rollout_worker_gets_the_adapters_alone_and_trains_what_the_colocated_engine_trains(
+        tiny_model_dir, tmp_path):
+    """The fleet's worker builds the same adapters over its own base copy and receives only them each sync; in
+    float64 with run.deterministic its samples are the colocated engine's, so the adapters end equal bit for bit."""
+    from engine.train import run
+
+    exact = {"model.dtype": "float64", "run.deterministic": "true"}
+    run(lora_config(tiny_model_dir, tmp_path / "colocated", **exact))
+    run(lora_config(tiny_model_dir, tmp_path / "split", **exact, **{"pipeline.placement": "split"}))
+    colocated, split = adapter_of(tmp_path / "colocated"), adapter_of(tmp_path / "split")
+    for name, tensor in colocated.items():
+        torch.testing.assert_close(split[name], tensor, rtol=0, atol=0)
+    lines = {where: [json.loads(line) for line in (tmp_path / where / "runs" / "t" / "metrics.jsonl")
+                     .read_text().splitlines()][1:] for where in ("colocated", "split")}
+    adapter_bytes = trainable_bytes(lora_actor(tiny_model_dir, torch.float64, torch.float64))
+    assert [line[M.SYNC_BYTES] for line in lines["split"]] == [adapter_bytes] * 3
+    # the worker's log-probs of its samples are the colocated engine's: it samples the trained policy
+    assert [line[M.LOGPROB_DIFF_MAX] for line in lines["split"]] == [line[M.LOGPROB_DIFF_MAX]
+                                                                      for line in lines["colocated"]]
