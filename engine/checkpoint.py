@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from engine.lora import adapter_state, is_lora, load_adapter
+from engine.lora import ADAPTER_CONFIG, adapter_state, is_lora, load_adapter
 
 MANIFEST_FILE = "manifest.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -302,9 +302,10 @@ def _read_manifest(path: Path) -> dict:
     is_ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT
     if not (is_ours and isinstance(manifest.get("files"), dict)):
         raise CheckpointError(f"{path}: {MANIFEST_FILE} is not a {FORMAT} manifest")
-    for required in (TRAINER_STATE_FILE, "config.json"):
-        if required not in manifest["files"]:
-            raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list {required}")
+    if TRAINER_STATE_FILE not in manifest["files"]:
+        raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list {TRAINER_STATE_FILE}")
+    if not {"config.json", ADAPTER_CONFIG} & set(manifest["files"]):  # a model folder, or a LoRA adapter folder
+        raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list config.json (nor a LoRA {ADAPTER_CONFIG})")
     if not any(rel.endswith(".safetensors") for rel in manifest["files"]):
         raise CheckpointError(f"{path}: {MANIFEST_FILE} lists no .safetensors weights")
     return manifest

@@ -176,9 +176,11 @@ def test_a_killed_lora_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_lora_run_checkpoints_a_peft_folder_logs_sync_bytes_and_exports_merged(tiny_model_dir, tmp_path):
+def test_a_lora_run_checkpoints_a_peft_folder_logs_sync_bytes_and_exports_merged(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from engine import checkpoint
     from engine.train import run
 
     run(lora_config(tiny_model_dir, tmp_path, **{"run.iterations": 2}))
@@ -191,6 +193,9 @@ def test_a_lora_run_checkpoints_a_peft_folder_logs_sync_bytes_and_exports_merged
     actor = lora_actor(tiny_model_dir)
     assert [line[M.SYNC_BYTES] for line in lines] == [trainable_bytes(actor)] * 2
 
+    # as in a fresh process: the checkpoint is verified from its manifest, not from this process's memory of it
+    monkeypatch.setattr(checkpoint, "_verified", {})
+    checkpoint.verify_checkpoint(ckpt)
     out = tmp_path / "merged"
     assert cadence(["export", str(ckpt), "--out", str(out), "--merge"]) == 0
     merged = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
