@@ -26,15 +26,16 @@ from helpers import random_groups  # noqa: E402
 CPU = torch.device("cpu")
 
 
-def lora_actor(model_dir, dtype=torch.float32, master=torch.float32, rank=4, targets=()):
-    base = load_causal_lm(model_dir, ModelConfig(path=str(model_dir)), CPU, dtype=dtype)
+def lora_actor(model_dir, dtype=torch.float32, master=torch.float32, rank=4, targets=(), checkpointing=False):
+    base = load_causal_lm(model_dir, ModelConfig(path=str(model_dir), gradient_checkpointing=checkpointing), CPU,
+                          dtype=dtype)
     return apply_lora(base, LoraConfig(rank=rank, target_modules=list(targets)), model_dir, master)
 
 
-def lora_trainer(model_dir, kl_coef=0.1, dtype="float32", lr=1e-2) -> Trainer:
+def lora_trainer(model_dir, kl_coef=0.1, dtype="float32", lr=1e-2, checkpointing=False) -> Trainer:
     precision = resolve_precision(dtype, "cpu")
     tokenizer = load_tokenizer(model_dir, ModelConfig(path=str(model_dir)))
-    actor = lora_actor(model_dir, precision.compute, precision.master)
+    actor = lora_actor(model_dir, precision.compute, precision.master, checkpointing=checkpointing)
     trimodel = TriModel(actor, AdaptersOff(actor) if kl_coef > 0 else None, build_rewards(RewardConfig()),
                         decode=tokenizer.decode, temperature=1.0, layout="expanded", pad_id=tokenizer.pad_token_id,
                         precision=precision)
@@ -121,6 +122,20 @@ def test_under_bf16_the_base_is_compute_dtype_the_adapters_float32_and_the_rollo
         from engine.precision import in_compute_dtype
         trained = in_compute_dtype(actor, trainer.precision, lambda: actor(input_ids=ids).logits)
         torch.testing.assert_close(copy(input_ids=ids).logits, trained, rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_adapters_the_same_gradients(tiny_model_dir):
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same A (Kaiming-uniform from torch's generator) in both
+        trainer = lora_trainer(tiny_model_dir, kl_coef=0.1, checkpointing=checkpointing)
+        randomise_b(trainer.trimodel.actor)  # B != 0, so A gets a gradient too
+        trainer.accumulate(random_groups(2, 4, vocab=50))
+        grads.append({n: p.grad.clone() for n, p in trainer.trimodel.actor.named_parameters() if p.requires_grad})
+    assert grads[0] and set(grads[0]) == set(grads[1])
+    for name, grad in grads[0].items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7)  # recompute reorders float32 sums
 
 
 def test_config_errors_name_the_key(tiny_model_dir):
