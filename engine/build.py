@@ -13,6 +13,7 @@ from engine.controller import Components
 from engine.data.stream import PromptStream
 from engine.data.sources import load_examples, prompt_items
 from engine.default_model import resolve_model_path
+from engine.lora import synced_parameters
 from engine.models import frozen_copy, load_causal_lm, load_tokenizer
 from engine.checkpoint import RunCheckpoints
 from engine.parallel.checkpoint import ShardedCheckpoints, follower_handlers
@@ -85,6 +86,8 @@ def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, toke
     a frozen compute-dtype copy under mixed precision or sharding."""
     precision = resolve_precision(cfg.model.dtype, backend.name)
     check_dtype(backend, precision, env)
+    if env is not None and cfg.model.lora.enabled:
+        raise ConfigError("model.lora: LoRA under torchrun (FSDP2) is not built yet; run it in one process")
     if env is None:
         actor, reference, rollout_model = _one_process_models(cfg, backend, device, folder, precision)
         grad_sync, comm = LOCAL_GRAD_SYNC, LOCAL
@@ -116,11 +119,30 @@ def _wants_rollout_copy(cfg: Config, precision: Precision, sharded: bool) -> boo
 
 def _one_process_models(cfg: Config, backend, device, folder: Path, precision: Precision):
     """(actor, reference or None, the colocated rollout engine's module)."""
+    if cfg.model.lora.enabled:
+        return _lora_models(cfg, backend, device, folder, precision)
     actor = load_causal_lm(folder, cfg.model, device, dtype=precision.master, dropout=cfg.trainer.dropout)
     _attention(cfg, backend)(actor)
     rollout_model = frozen_copy(actor, precision.compute) if _wants_rollout_copy(cfg, precision, False) else actor
     # kl_coef 0: no reference at all; else a frozen compute-dtype copy (it never steps)
     reference = frozen_copy(actor, precision.compute) if cfg.algorithm.kl_coef > 0 else None
+    return actor, reference, rollout_model
+
+
+def _lora_models(cfg: Config, backend, device, folder: Path, precision: Precision):
+    """LoRA (engine/lora.py): the base loaded once in the compute dtype, float32 adapters over it; the
+    reference is the same module with its adapters off, and a rollout copy shares the base (only the
+    adapters are copied in the compute dtype)."""
+    from engine.lora import AdaptersOff, apply_lora, log_memory
+
+    base = load_causal_lm(folder, cfg.model, device, dtype=precision.compute, dropout=cfg.trainer.dropout)
+    actor = apply_lora(base, cfg.model.lora, folder, precision.master)
+    _attention(cfg, backend)(actor)
+    log_memory(actor, with_reference=cfg.algorithm.kl_coef > 0)
+    rollout_model = actor
+    if _wants_rollout_copy(cfg, precision, False):
+        rollout_model = frozen_copy(actor, precision.compute, share_frozen=True)
+    reference = AdaptersOff(actor) if cfg.algorithm.kl_coef > 0 else None
     return actor, reference, rollout_model
 
 
@@ -264,7 +286,7 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
              for device in devices]
     return Fleet(specs, make_transport(backend, devices[0]),
-                 weight_specs(trainer.trimodel.actor.named_parameters(), precision), window=in_flight_window(cfg),
+                 weight_specs(synced_parameters(trainer.trimodel.actor), precision), window=in_flight_window(cfg),
                  sync_timeout_s=cfg.pipeline.sync_timeout_s, stall_timeout_s=cfg.rollout.stall_timeout_s,
                  restart=cfg.pipeline.restart_rollout, fleet_file=run_dir / FLEET_FILE if run_dir else None)
 

@@ -4,6 +4,8 @@ Layout of one checkpoint (k = iterations completed when it was taken):
 
     iter_000010/
       config.json, generation_config.json, model.safetensors   # Hugging Face folder: from_pretrained works
+                                                                # (model.lora: adapter_config.json +
+                                                                #  adapter_model.safetensors, peft's format)
       tokenizer.json, tokenizer_config.json, ...                # when a tokenizer was given
       trainer_state.pt                                          # see make_trainer_state
       manifest.json                                             # {file: {size, sha256}}, written LAST
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from engine.lora import ADAPTER_CONFIG, adapter_state, is_lora, load_adapter
 
 MANIFEST_FILE = "manifest.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -298,9 +302,10 @@ def _read_manifest(path: Path) -> dict:
     is_ours = isinstance(manifest, dict) and manifest.get("format") == FORMAT
     if not (is_ours and isinstance(manifest.get("files"), dict)):
         raise CheckpointError(f"{path}: {MANIFEST_FILE} is not a {FORMAT} manifest")
-    for required in (TRAINER_STATE_FILE, "config.json"):
-        if required not in manifest["files"]:
-            raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list {required}")
+    if TRAINER_STATE_FILE not in manifest["files"]:
+        raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list {TRAINER_STATE_FILE}")
+    if not {"config.json", ADAPTER_CONFIG} & set(manifest["files"]):  # a model folder, or a LoRA adapter folder
+        raise CheckpointError(f"{path}: {MANIFEST_FILE} does not list config.json (nor a LoRA {ADAPTER_CONFIG})")
     if not any(rel.endswith(".safetensors") for rel in manifest["files"]):
         raise CheckpointError(f"{path}: {MANIFEST_FILE} lists no .safetensors weights")
     return manifest
@@ -545,9 +550,11 @@ class RunCheckpoints:
         self.writer = CheckpointWriter(self.root, trainer.trimodel.actor, tokenizer, keep)
 
     def submit(self, iteration: int, run_state: dict) -> None:
-        """Snapshot now; the write overlaps what the run does next."""
+        """Snapshot now; the write overlaps what the run does next. Under LoRA the export is the adapter alone,
+        in peft's folder format (the actor's save_pretrained is peft's)."""
         actor = self.trainer.trimodel.actor
-        export = snapshot(actor.state_dict(), dtype=self.trainer.precision.compute)
+        weights = adapter_state(actor) if is_lora(actor) else actor.state_dict()
+        export = snapshot(weights, dtype=self.trainer.precision.compute)
         state = snapshot({"trainer": self.trainer.state_dict(), **run_state})
         self.writer.submit(iteration, export, state)
 
@@ -563,6 +570,10 @@ class RunCheckpoints:
         if "optimizer" not in state["trainer"]:
             raise CheckpointError(f"{path}: written by a torchrun run (sharded state in dcp/); resume it under "
                                   f"torchrun, with any --nproc-per-node")
-        load_model_weights(path, self.trainer.trimodel.actor)
+        actor = self.trainer.trimodel.actor
+        if is_lora(actor):
+            load_adapter(path, actor)
+        else:
+            load_model_weights(path, actor)
         self.trainer.load_state_dict(state["trainer"])
         return {**state, "path": str(path)}

@@ -1,5 +1,6 @@
 """The `cadence` command: `cadence train RECIPE [k=v ...]`, `cadence eval ...`, `cadence build-default`,
-`cadence fetch-model`, `cadence bench <benchmark> ...` (e.g. `cadence bench compare A.json B.json ... --out DIR`).
+`cadence fetch-model`, `cadence export CKPT --out DIR [--merge]`,
+`cadence bench <benchmark> ...` (e.g. `cadence bench compare A.json B.json ... --out DIR`).
 
 Only argparse runs at import: every subcommand imports what it needs when it runs, so `cadence --help` works
 on a bare install (no vllm, wandb, mlflow, tensorboard or datasets)."""
@@ -138,6 +139,45 @@ def _eval_engine(args: argparse.Namespace, backend, folder: Path, model_cfg: Mod
     return build_rollout_engine("native", model, tokenizer, backend.device()), model
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="a checkpoint as a plain Hugging Face folder (--merge: a LoRA adapter merged "
+                                      "into its base)")
+    p.add_argument("checkpoint", help="a checkpoint folder, runs/<name>/checkpoints/iter_<k>")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    p.add_argument("--merge", action="store_true", help="LoRA checkpoints: write W + (alpha / r) B A")
+    p.add_argument("--base", default=None, help="LoRA: the base model folder (default: the one the run trained on, "
+                                                "from adapter_config.json)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Full checkpoints: their Hugging Face files (no trainer state). LoRA checkpoints: with --merge, the base
+    with the adapter merged in (engine/lora.py:export_merged)."""
+    import shutil
+
+    from engine.checkpoint import MANIFEST_FILE, TRAINER_STATE_FILE, CheckpointError, verify_checkpoint
+    from engine.lora import ADAPTER_CONFIG, export_merged
+
+    ckpt, out = Path(args.checkpoint), Path(args.out)
+    try:
+        verify_checkpoint(ckpt)
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from exc
+    if out.exists():
+        raise FileExistsError(f"--out {out}: already exists; choose a new folder")
+    adapter = (ckpt / ADAPTER_CONFIG).is_file()
+    if adapter and not args.merge:
+        raise ValueError(f"{ckpt}: a LoRA adapter checkpoint (peft's format, loadable as it is); pass --merge "
+                         f"for a Hugging Face folder with the adapter merged into its base")
+    if not adapter and (args.merge or args.base):
+        raise ValueError(f"{ckpt}: a full-model checkpoint, nothing to merge; drop --merge / --base")
+    if adapter:
+        export_merged(ckpt, out, Path(args.base) if args.base else None)
+    else:
+        shutil.copytree(ckpt, out, ignore=shutil.ignore_patterns(MANIFEST_FILE, TRAINER_STATE_FILE, "dcp"))
+    print(out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
@@ -155,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="benchmarks: cadence bench e2e RECIPE --out report.json, cadence bench compare "
                                  "A.json B.json --out DIR, or another (engine/bench/)")
     _eval_parser(sub)
+    _export_parser(sub)
     build = sub.add_parser("build-default", help="build (or reuse) the embedded tiny model")
     build.add_argument("--cache-dir", default=".cache/cadence")
     fetch = sub.add_parser("fetch-model", help="convert (or reuse) a pretrained:// model, e.g. SmolLM2-135M-Instruct "
@@ -171,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(ensure_pretrained_model(Path(args.cache_dir), args.name))
             return 0
+        if args.command == "export":
+            return run_export(args)
         from engine.default_model import ensure_default_model
 
         print(ensure_default_model(Path(args.cache_dir)))
         return 0
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -72,6 +72,42 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoraConfig:
+    """model.lora: train low-rank adapters (through peft) on a frozen base instead of the whole model
+    (engine/lora.py, docs/lora.md). rank 0 = off (full fine-tuning).
+
+    Each target linear layer W computes W x + (alpha / rank) * B A x, A: [rank, in], B: [out, rank] (B starts
+    at 0, so the first policy is the base model). Adapters are float32 masters; the base stays in the compute
+    dtype and never steps, so the reference policy is the same module with its adapters switched off."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    # leaf module names to adapt (e.g. [q_proj, v_proj]); [] = every linear layer of the transformer blocks
+    # (every attention and MLP projection; never the output head)
+    target_modules: list[str] = field(default_factory=list)
+    # must stay 0: adapter dropout in training forwards would train another distribution than the one sampled
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError(f"model.lora.rank: must be >= 0 (0 = off), got {self.rank}")
+        if self.dropout != 0.0:
+            raise ConfigError(f"model.lora.dropout: must be 0 (got {self.dropout}): adapter dropout would train a "
+                              f"different distribution than the one the rollout engine samples")
+        if self.alpha <= 0:
+            raise ConfigError(f"model.lora.alpha: must be > 0, got {self.alpha}")
+        if len(set(self.target_modules)) != len(self.target_modules) or any(not m for m in self.target_modules):
+            raise ConfigError(f"model.lora.target_modules: names must be non-empty and distinct, got "
+                              f"{self.target_modules}")
+        if self.rank == 0 and (self.target_modules or self.alpha != 16.0):
+            raise ConfigError("model.lora.alpha / model.lora.target_modules: only read with model.lora.rank > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     path: str = REQUIRED  # a local Hugging Face folder, embedded://tiny-math, pretrained://smollm2-135m-instruct
     trust_remote_code: bool = False
@@ -80,6 +116,7 @@ class ModelConfig:
     # accelerators. float16 trains with dynamic loss scaling.
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 # data.instruction's default: appended to every question in the chat format, it asks for the `####` answer line
@@ -422,6 +459,9 @@ class Config:
         if self.rollout.prompts_per_iteration % mini:
             raise ConfigError(f"algorithm.ppo_mini_batches: {mini} must divide rollout.prompts_per_iteration "
                               f"({self.rollout.prompts_per_iteration}) so every mini-batch has B / M groups")
+        if self.model.lora.enabled and self.rollout.engine != "native":
+            raise ConfigError("model.lora: adapters are synced to the native engine only so far (vLLM LoRA requests "
+                              "are not built yet); set rollout.engine=native")
         if self.algorithm.overlong_buffer > self.rollout.max_new_tokens:
             # The penalty ramp would start before token 0 (L_max - L_cache < 0), so even an empty response is
             # penalised: the buffer cannot be longer than the responses it is carved out of.

@@ -72,6 +72,9 @@ GEN_IDLE_S = "pipeline/gen_idle_s"
 TRAIN_BUSY_S = "pipeline/train_busy_s"
 TRAIN_IDLE_S = "pipeline/train_idle_s"
 SYNC_S = "pipeline/sync_s"  # the weight-sync barrier: publish, worker load, ack
+# bytes of the weights handed to the rollout side by the iteration's sync: the whole model, or under LoRA
+# the adapters alone (a colocated engine sharing the actor's storage copies none of them)
+SYNC_BYTES = "sync/bytes"
 # |generation busy AND trainer busy| / min(|generation busy|, |trainer busy|): the share of the shorter
 # phase hidden behind the longer one; 0 for the sync schedule, 1 for a perfect pipeline.
 OVERLAP_FRAC = "pipeline/overlap_frac"

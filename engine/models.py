@@ -79,7 +79,7 @@ def check_head_supported(model: PreTrainedModel, folder: Path) -> None:
                           f"Cadence cannot compute its logits the model's own way; this model family is unsupported")
 
 
-def frozen_copy(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreTrainedModel:
+def frozen_copy(model: PreTrainedModel, dtype: torch.dtype | None = None, share_frozen: bool = False) -> PreTrainedModel:
     """A frozen copy (eval mode, no grad) whose parameters are in `dtype` (default: theirs): the reference
     policy, or the colocated rollout engine's compute-dtype weights under mixed precision.
 
@@ -87,8 +87,10 @@ def frozen_copy(model: PreTrainedModel, dtype: torch.dtype | None = None) -> Pre
     keeps rotary frequencies (`inv_freq`) in float32 whatever the model's dtype, and a bfloat16 `inv_freq`
     would rotate by other angles (about a radian off near position 1000). Each parameter is cast while
     copying (a deepcopy memo), so no second master-dtype copy exists even for a moment; tied parameters
-    stay tied."""
-    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype or p.dtype, copy=True), requires_grad=False)
+    stay tied. share_frozen: parameters that do not require grad (a LoRA base, which never steps and already is
+    in the compute dtype) are shared with `model`, not copied, so only the adapters are duplicated."""
+    memo = {id(p): torch.nn.Parameter(p.detach() if share_frozen and not p.requires_grad
+                                      else p.detach().to(dtype or p.dtype, copy=True), requires_grad=False)
             for p in model.parameters()}
     copied = copy.deepcopy(model, memo).eval()
     copied.requires_grad_(False)

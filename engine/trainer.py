@@ -33,6 +33,7 @@ from engine.config import AlgorithmConfig, OptimConfig
 from engine.parallel.dist import LOCAL, Collectives
 from engine.parallel.fsdp import LOCAL_GRAD_SYNC, GradSync
 from engine.precision import compute_weights, in_compute_dtype, make_grad_scaler
+from engine.lora import is_lora, synced_parameters, trainable_parameters
 from engine.schedules import lr_lambda
 from engine.trimodel import TokenLogprobs, TriModel
 from engine.types import RolloutGroup
@@ -106,6 +107,7 @@ class Trainer:
         self._sums = _Sums()
         self._steps_in_iteration = 0
         self._replay: list[list[RolloutGroup]] = []  # float16: this mini-batch's micro-batches, for an overflow
+        self.sync_bytes = 0  # bytes handed to the rollout side by the latest weight sync
 
     # ------------------------------------------------------------------ per group, as groups arrive
     def accumulate(self, groups: Sequence[RolloutGroup]) -> None:
@@ -268,7 +270,7 @@ class Trainer:
             self.scheduler.step()
         self.version += 1
         self._steps_in_iteration = 0
-        return {M.POLICY_VERSION: float(self.version)}
+        return {M.POLICY_VERSION: float(self.version), M.SYNC_BYTES: float(self.sync_bytes)}
 
     def _normaliser(self) -> int:
         return self._sums.tokens if self.algo.loss_aggregation == "token_mean" else self._sums.seqs
@@ -278,8 +280,14 @@ class Trainer:
         self.trimodel.close()
 
     def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's weights as the rollout side receives them: compute dtype, one tensor at a time."""
-        return compute_weights(self.trimodel.actor.named_parameters(), self.precision)
+        """The policy's weights as the rollout side receives them: compute dtype, one tensor at a time. Under
+        LoRA only the adapters: the rollout side holds the frozen base already. `sync_bytes` counts the bytes
+        handed over (sync/bytes; a colocated engine that aliases the actor's storage copies none of them)."""
+        self.sync_bytes = 0
+        for name, tensor in compute_weights(synced_parameters(self.trimodel.actor), self.precision):
+            self.sync_bytes += tensor.numel() * tensor.element_size()
+            yield name, tensor
+
 
     # ------------------------------------------------------------------ checkpoint state
     def schedule_state(self) -> dict:
@@ -296,8 +304,9 @@ class Trainer:
         Hugging Face export holds compute-dtype weights, which alone would not resume exactly). Sharded runs
         save model and optimizer with torch.distributed.checkpoint instead (engine/parallel/checkpoint.py)."""
         state = {"optimizer": self.optimizer.state_dict(), **self.schedule_state()}
-        if self.precision.mixed:
-            state["masters"] = self.trimodel.actor.state_dict()
+        if self.precision.mixed:  # under LoRA the adapters alone: the base never steps
+            actor = self.trimodel.actor
+            state["masters"] = dict(trainable_parameters(actor)) if is_lora(actor) else actor.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -305,7 +314,7 @@ class Trainer:
             raise ValueError("trainer state: saved with another model.dtype (master weights "
                              f"{'present' if 'masters' in state else 'absent'}); resume with the run's model.dtype")
         if "masters" in state:
-            self.trimodel.actor.load_state_dict(state["masters"])
+            self.trimodel.actor.load_state_dict(state["masters"], strict=not is_lora(self.trimodel.actor))
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_schedule_state(state)
 

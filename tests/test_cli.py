@@ -54,4 +54,4 @@ def test_cadence_bench_compare_is_the_documented_name_and_compare_an_alias(tmp_p
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "cadence bench compare" in out and "{train,bench,eval,build-default,fetch-model}" in out
+    assert "cadence bench compare" in out and "{train,bench,eval,export,build-default,fetch-model}" in out

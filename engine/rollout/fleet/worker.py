@@ -101,6 +101,10 @@ def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
 
     # spec.model.dtype is the run's compute dtype: the rollout side holds compute-dtype weights only
     model = load_causal_lm(Path(spec.model_dir), spec.model, torch.device(spec.device), dtype=DTYPES[spec.model.dtype])
+    if spec.model.lora.enabled:  # the same adapters as the actor's (compute dtype): the syncs carry them alone
+        from engine.lora import apply_lora
+
+        model = apply_lora(model, spec.model.lora, Path(spec.model_dir), DTYPES[spec.model.dtype])
     if spec.attention_kernel is not None:  # the same attention code as the actor: same logits, same samples
         use_shared_prompt_attention(model, spec.attention_kernel)
     model.requires_grad_(False)
