@@ -28,6 +28,17 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]
     finished: bool  # True when a stop token ended it, False when max_new_tokens did
+    # Multi-turn (engine/envs): per token, False where the environment appended it (an observation: context
+    # the policy attends to, never sampled, never trained on; its `logprobs` entry is 0). None: all sampled.
+    sampled: list[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampled is not None and len(self.sampled) != len(self.token_ids):
+            raise ValueError(f"Completion.sampled has {len(self.sampled)} flags for {len(self.token_ids)} tokens")
+
+    @property
+    def num_sampled(self) -> int:
+        return len(self.token_ids) if self.sampled is None else sum(self.sampled)
 
 
 @dataclass(slots=True)
