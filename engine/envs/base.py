@@ -52,6 +52,7 @@ class EnvLimits:
     max_turns: int = 4  # assistant turns per trajectory, the first included
     max_tokens: int = 512  # tokens after the prompt: every turn and observation together
     call_timeout_s: float = 10.0  # one tool call; past it the call fails and the episode goes on
+    step_timeout_s: float = 60.0  # one environment step, all its calls; past it the trajectory ends (cut)
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -60,3 +61,6 @@ class EnvLimits:
             raise ValueError(f"env.max_tokens must be >= 1, got {self.max_tokens}")
         if self.call_timeout_s <= 0:
             raise ValueError(f"env.call_timeout_s must be > 0, got {self.call_timeout_s}")
+        if self.step_timeout_s < self.call_timeout_s:
+            raise ValueError(f"env.step_timeout_s ({self.step_timeout_s}) must be >= env.call_timeout_s "
+                             f"({self.call_timeout_s})")
