@@ -47,6 +47,11 @@ TRUNCATED_FRAC = "rollout/truncated_frac"
 ROLLOUT_ENGINES = "rollout/engines"  # rollout engines that generated this iteration (a fleet's live workers)
 REDISPATCHED_PROMPTS = "rollout/redispatched_prompts"  # prompts of an engine that died, dealt to the others
 ENGINE_BUSY_PREFIX = "rollout/busy_s/"  # + lane ("rollout-<id>"): seconds that engine spent generating
+# multi-turn rollouts (engine/rollout/multiturn.py): logged only when the samples are trajectories
+TURNS_PER_SAMPLE = "rollout/turns_per_sample"
+TOOL_CALLS_PER_SAMPLE = "rollout/tool_calls_per_sample"
+TOOL_ERRORS = "rollout/tool_errors"  # failed tool calls this iteration (malformed, unknown, raised, timed out)
+ENV_TIME = "env/time"  # seconds environment steps took this iteration, summed over trajectories
 
 # ------------------------------------------------------------------------------------------------- optim
 GRAD_NORM = "optim/grad_norm"  # global norm before clipping

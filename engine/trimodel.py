@@ -98,13 +98,29 @@ class TriModel:
         finished = torch.tensor([c.finished for g in groups for c in g.completions], device=device)
         rollout_logp_N = torch.tensor([lp for g in groups for c in g.completions for lp in c.logprobs],
                                       dtype=loss_dtype, device=device)
-        return TokenLogprobs(logp_N, ref_logp_N, entropy_N, rollout_logp_N, seq_N, finished[seq_N])
+        out = TokenLogprobs(logp_N, ref_logp_N, entropy_N, rollout_logp_N, seq_N, finished[seq_N])
+        return _sampled_tokens_only(out, groups)
 
     def _pack(self, groups: Sequence[RolloutGroup]) -> PackedBatch:
         items = [(g.prompt.prompt_ids, [c.token_ids for c in g.completions]) for g in groups]
         if self.layout == "shared":
             return pack_groups(items, pad_id=self.pad_id)
         return pack_expanded(items, pad_id=self.pad_id)
+
+
+def _sampled_tokens_only(out: TokenLogprobs, groups: Sequence[RolloutGroup]) -> TokenLogprobs:
+    """Drop the environment's tokens (multi-turn observations) from every per-token tensor.
+
+    They stay in the packed input (later turns attend to them) but are not the policy's actions: selecting the
+    sampled tokens here, before any loss, makes every loss, KL, entropy, importance ratio, sequence length and
+    aggregation count the model's tokens alone, and the observations' logits receive exactly zero gradient.
+    """
+    if all(c.sampled is None for g in groups for c in g.completions):
+        return out
+    flags = [s for g in groups for c in g.completions for s in (c.sampled or [True] * len(c.token_ids))]
+    keep_N = torch.tensor(flags, device=out.logp_N.device)
+    fields = (out.logp_N, out.ref_logp_N, out.entropy_N, out.rollout_logp_N, out.seq_N, out.finished_N)
+    return TokenLogprobs(*(None if x is None else x[keep_N] for x in fields))
 
 
 OverlongPenalty = tuple[int, int, float]  # (max_new_tokens, overlong_buffer, overlong_penalty)

@@ -21,6 +21,17 @@ class PromptItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Episode:
+    """How a multi-turn trajectory went (engine/rollout/multiturn.py); None on a single-turn completion."""
+
+    turns: int  # assistant turns, the first included
+    tool_calls: int = 0
+    tool_errors: int = 0  # failed calls: malformed, unknown tool, raised, timed out
+    reward_parts: tuple[tuple[str, float], ...] = ()  # the environment's own scores, added to the reward
+    env_time_s: float = 0.0  # time its environment steps took
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """One sampled response: token ids (stop token included if it was produced) and their log-probs
     under the sampling policy (after temperature), one per token."""
@@ -28,6 +39,18 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]
     finished: bool  # True when a stop token ended it, False when max_new_tokens did
+    # Multi-turn (engine/envs): per token, False where the environment appended it (an observation: context
+    # the policy attends to, never sampled, never trained on; its `logprobs` entry is 0). None: all sampled.
+    sampled: list[bool] | None = None
+    episode: Episode | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampled is not None and len(self.sampled) != len(self.token_ids):
+            raise ValueError(f"Completion.sampled has {len(self.sampled)} flags for {len(self.token_ids)} tokens")
+
+    @property
+    def num_sampled(self) -> int:
+        return len(self.token_ids) if self.sampled is None else sum(self.sampled)
 
 
 @dataclass(slots=True)
