@@ -30,6 +30,7 @@ from engine.rollout.fleet.ranks import RankFleet, serve_generate
 from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
+from engine.rollout.multiturn import multiturn_engine
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.tracking import check_installed
@@ -42,6 +43,9 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
     """Everything rank 0 (or the one process) needs. `env`, `control`: this process is rank 0 of a torchrun
     launch, and its connection to the other ranks."""
     check_installed(cfg.run)  # a tracker named in run.loggers that cannot open fails before anything is built
+    if cfg.env.enabled and env is not None and env.world_size > 1:
+        raise ConfigError("env.name: multi-turn rollouts under torchrun with several ranks are not built yet (the "
+                          "follower ranks' engines are single-turn); run one process, colocated or split")
     backend = get_backend(cfg.backend.name)
     split = cfg.pipeline.placement == "split"
     backend.set_threads(cfg.pipeline.trainer_threads if split else cfg.backend.threads)
@@ -272,6 +276,8 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
     if cfg.pipeline.placement == "colocated":
         engine = build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
                                       max_batch_sequences=cfg.rollout.max_batch_sequences)
+        if cfg.env.enabled:
+            engine = multiturn_engine(engine, cfg.env, tokenizer)
         if not every_rank_generates(cfg, env):
             return engine
         return RankFleet(engine, trainer.control, env.world_size, in_flight=cfg.rollout.in_flight,
@@ -282,7 +288,7 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
     specs = [WorkerSpec(model_dir=str(folder), model=compute_model,
                         attention_kernel=backend.attention_kernel if cfg.trainer.layout == "shared" else None,
                         device=str(device), threads=cfg.pipeline.rollout_threads, eos_token_id=eos,
-                        max_batch_sequences=cfg.rollout.max_batch_sequences,
+                        max_batch_sequences=cfg.rollout.max_batch_sequences, env=cfg.env if cfg.env.enabled else None,
                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
              for device in devices]
     return Fleet(specs, make_transport(backend, devices[0]),

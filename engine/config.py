@@ -437,6 +437,49 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvConfig:
+    """Multi-turn rollouts (engine/envs/, docs/environments.md): off while `name` is empty. Each of a prompt's G
+    samples gets its own environment; the policy's turns alternate with the environment's observations."""
+
+    # "": single-turn. calculator / python: the built-in tools (engine/envs/tools.py, engine/envs/sandbox.py);
+    # module:function: an EnvironmentFactory, (prompt_text, reference) -> Environment
+    name: str = ""
+    max_turns: int = 4  # assistant turns per trajectory, the first included
+    max_tokens: int = 256  # tokens after the prompt, turns and observations together
+    call_timeout_s: float = 10.0  # one tool call; past it the call fails and the episode goes on
+    step_timeout_s: float = 60.0  # one environment step; past it the trajectory ends, truncated
+    tool_parser: str = "hermes"  # engine/envs/toolcalls.py PARSERS: how tool calls are read from a turn
+    turn_end: list[str] = field(default_factory=lambda: ["</tool_call>"])  # strings that end a turn (as stop ids do)
+    # how an observation is rendered before it is tokenized (once) and appended; must contain {text}
+    observation_format: str = "\n<tool_response>\n{text}\n</tool_response>\n"
+    threads: int = 16  # environment steps in flight at once (a thread pool beside decoding)
+
+    def __post_init__(self) -> None:
+        builtin = ("calculator", "python")
+        if self.name and self.name not in builtin and ":" not in self.name:
+            raise ConfigError(f"env.name: got {self.name!r}; expected one of {', '.join(builtin)} or "
+                              "module:function (an EnvironmentFactory)")
+        if "{text}" not in self.observation_format:
+            raise ConfigError(f"env.observation_format: must contain {{text}}, got {self.observation_format!r}")
+        if self.threads < 1:
+            raise ConfigError(f"env.threads: must be >= 1, got {self.threads}")
+        try:
+            self.limits()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name)
+
+    def limits(self):
+        from engine.envs.base import EnvLimits
+
+        return EnvLimits(max_turns=self.max_turns, max_tokens=self.max_tokens, call_timeout_s=self.call_timeout_s,
+                         step_timeout_s=self.step_timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -449,6 +492,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
 
     def __post_init__(self) -> None:
         if self.optim.lr_schedule != "constant" and self.run.iterations <= self.optim.warmup_iterations:
@@ -462,6 +506,9 @@ class Config:
         if self.model.lora.enabled and self.rollout.engine != "native":
             raise ConfigError("model.lora: adapters are synced to the native engine only so far (vLLM LoRA requests "
                               "are not built yet); set rollout.engine=native")
+        if self.env.enabled and self.rollout.engine != "native":
+            raise ConfigError("env.name: multi-turn rollouts run on the native engine only so far (vLLM multi-turn "
+                              "is not built yet); set rollout.engine=native")
         if self.algorithm.overlong_buffer > self.rollout.max_new_tokens:
             # The penalty ramp would start before token 0 (L_max - L_cache < 0), so even an empty response is
             # penalised: the buffer cannot be longer than the responses it is carved out of.

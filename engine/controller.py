@@ -122,7 +122,20 @@ def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
             M.REWARD_TIMEOUTS: float(sum(g.reward_timeouts for g in groups)),
             M.REWARD_CRASHES: float(sum(g.reward_crashes for g in groups)),
             M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths),
-            M.TRUNCATED_FRAC: truncated / len(lengths)}
+            M.TRUNCATED_FRAC: truncated / len(lengths), **episode_metrics(groups)}
+
+
+def episode_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
+    """Multi-turn trajectories (engine/envs): turns and tool calls per sample, failed calls and environment
+    seconds summed over the iteration. Empty for single-turn completions."""
+    episodes = [c.episode for g in groups for c in g.completions if c.episode is not None]
+    if not episodes:
+        return {}
+    n = len(episodes)
+    return {M.TURNS_PER_SAMPLE: sum(e.turns for e in episodes) / n,
+            M.TOOL_CALLS_PER_SAMPLE: sum(e.tool_calls for e in episodes) / n,
+            M.TOOL_ERRORS: float(sum(e.tool_errors for e in episodes)),
+            M.ENV_TIME: sum(e.env_time_s for e in episodes)}
 
 
 class Controller:

@@ -22,7 +22,7 @@ from engine.packing import PackedBatch, pack_expanded, pack_groups
 from engine.precision import Precision
 from engine.rewards import RewardResult
 from engine.rewards.composite import Rewards
-from engine.types import RolloutGroup
+from engine.types import Completion, RolloutGroup
 from kernels.shared_prompt_attention import register_with_transformers
 
 
@@ -60,7 +60,7 @@ class TriModel:
 
     def score(self, group: RolloutGroup) -> None:
         """Decode the group's completions and fill its scores (correctness function), rewards (weighted functions,
-        + reward model, + overlong penalty), answer-extracted flags and reward timeout and crash counts."""
+        + reward model, + the environments' reward parts, + overlong penalty), answer-extracted flags and reward timeout and crash counts."""
         group.texts = [self.decode(c.token_ids) for c in group.completions]
         scored = self.rewards.functions.score_group(group.texts, group.prompt.reference, group.prompt.text)
         rewards_G = scored.weighted_G
@@ -69,6 +69,8 @@ class TriModel:
             items = [(group.prompt.prompt_ids, [c.token_ids for c in group.completions])]
             model_G = reward_model.score(self._pack([group]), items).to("cpu", rewards_G.dtype)
             rewards_G = rewards_G + reward_model.weight * model_G
+        if any(c.episode is not None and c.episode.reward_parts for c in group.completions):
+            rewards_G = rewards_G + environment_rewards_G(group.completions).to(rewards_G.dtype)
         if self.overlong is not None:
             lengths_G = torch.tensor([len(c.token_ids) for c in group.completions])
             rewards_G = rewards_G + overlong_penalty(lengths_G, *self.overlong)
@@ -106,6 +108,13 @@ class TriModel:
         if self.layout == "shared":
             return pack_groups(items, pad_id=self.pad_id)
         return pack_expanded(items, pad_id=self.pad_id)
+
+
+def environment_rewards_G(completions: Sequence[Completion]) -> torch.Tensor:
+    """r_env[g] = sum of the reward parts trajectory g's environment ended with (0 for none, or single-turn):
+    they add to the recipe's weighted reward functions unweighted, as the environment chose their scale."""
+    return torch.tensor([sum(v for _, v in c.episode.reward_parts) if c.episode else 0.0 for c in completions],
+                        dtype=torch.float64)
 
 
 def _sampled_tokens_only(out: TokenLogprobs, groups: Sequence[RolloutGroup]) -> TokenLogprobs:

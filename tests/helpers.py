@@ -130,3 +130,21 @@ def norms_in_input_dtype(model: nn.Module) -> nn.Module:
             if type(child).__name__.endswith("RMSNorm"):
                 setattr(parent, name, RMSNormInInputDtype(child))
     return model
+
+
+class ScriptedEnvironment:
+    """A two-turn environment for runs of any model: the first turn, whatever it says, gets one tool result
+    ("7") back as its observation; the second ends the episode with a reward part `bonus` of 0.5."""
+
+    BONUS = 0.5
+
+    def __init__(self, prompt_text: str, reference: str) -> None:
+        self.turns = 0
+
+    def step(self, turn: str):
+        from engine.envs.base import EpisodeEnd, Observation
+
+        self.turns += 1
+        if self.turns == 1:
+            return Observation(text="7", tool_calls=1)
+        return EpisodeEnd(reward_parts={"bonus": self.BONUS})

@@ -37,7 +37,6 @@ import torch
 from transformers import DynamicCache
 
 from engine.envs.base import EnvironmentFactory, EnvLimits, EpisodeEnd, Observation
-from engine.metrics import ENV_TIME
 from engine.rollout.base import ListSource, PromptSource, SamplingParams
 from engine.rollout.native import (NativeRolloutEngine, _generation_mode, _left_pad, _prompt_seed, _splitmix64,
                                    _weights_fingerprint)
@@ -110,7 +109,6 @@ class MultiTurnRolloutEngine:
         self.base = base
         self.options = options
         self._pool = ThreadPoolExecutor(max_workers=options.env_threads, thread_name_prefix="cadence-env")
-        self._env_time = 0.0
 
     @property
     def version(self) -> int:
@@ -119,9 +117,15 @@ class MultiTurnRolloutEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         self.base.load_weights(named_tensors, version)
 
+    @property
+    def steps(self) -> int:
+        """Forwards taken, ever (a remote worker's heartbeat reports it as progress)."""
+        return self.base.steps
+
     def metrics(self) -> dict[str, float]:
-        env_time, self._env_time = self._env_time, 0.0
-        return {**self.base.metrics(), ENV_TIME: env_time}
+        # the episode metrics (env/time included) come from the groups' Episodes (engine/controller.py), so a
+        # fleet of workers reports them the same way
+        return self.base.metrics()
 
     def pop_spans(self):
         return self.base.pop_spans()
@@ -229,7 +233,12 @@ class MultiTurnRolloutEngine:
         for t in self._rows(wave):
             if t.future is None:
                 continue
-            if t.future.done():
+            if t.future.done() and t.future.exception() is not None:
+                # the contract says step never raises; one that does fails its own trajectory, not the run
+                t.tool_errors += 1
+                self._record_env_time(t, now - t.since)
+                self._end(t, finished=False)
+            elif t.future.done():
                 self._apply(t, t.future.result(), time.perf_counter() - t.since)
             elif now - t.since > bound:
                 t.tool_errors += 1
@@ -261,7 +270,6 @@ class MultiTurnRolloutEngine:
 
     def _record_env_time(self, t: _Trajectory, elapsed: float) -> None:
         t.env_time_s += elapsed
-        self._env_time += elapsed
 
     def _end(self, t: _Trajectory, finished: bool) -> None:
         t.done, t.finished, t.feed, t.future = True, finished, [], None
@@ -290,6 +298,7 @@ class MultiTurnRolloutEngine:
         out = self.base.model(input_ids=ids_nW, attention_mask=wave.mask_nL, position_ids=pos_nW,
                               past_key_values=wave.cache, use_cache=True)
         wave.cache = out.past_key_values
+        self.base.steps += 1
         last_n = (lengths_n - 1).clamp_min(0)
         new_nV = out.logits[torch.arange(n, device=device), last_n].float()
         wave.logits_nV = torch.where((lengths_n > 0)[:, None], new_nV, wave.logits_nV)
@@ -332,3 +341,16 @@ class MultiTurnRolloutEngine:
             completions.append(Completion(token_ids=list(t.ids), logprobs=list(t.logps), finished=t.finished,
                                           sampled=list(t.sampled), episode=episode))
         return RolloutGroup(prompt=wave.prompts[b], completions=completions, version=version)
+
+
+def multiturn_engine(base: NativeRolloutEngine, env, tokenizer) -> MultiTurnRolloutEngine:
+    """`base` driven over multi-turn trajectories as the recipe's `env:` section (EnvConfig) says; observations
+    are tokenized by `tokenizer` without special tokens, turns decoded as stop strings are (special tokens kept)."""
+    from engine.envs.registry import environment_factory
+    from engine.rollout.stopping import token_decoder
+
+    options = MultiTurnOptions(
+        environment=environment_factory(env), encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        decode=token_decoder(tokenizer), limits=env.limits(), turn_end_strings=tuple(env.turn_end),
+        observation_format=env.observation_format, env_threads=env.threads)
+    return MultiTurnRolloutEngine(base, options)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from engine.rollout.fleet.transports import WeightReceiver
-from engine.config import ModelConfig
+from engine.config import EnvConfig, ModelConfig
 from engine.rollout.fleet.messages import (Alive, EndPrompts, Failed, Generate, GenerateDone, GroupReady, LoadWeights,
                                            Prompts, Ready, Refused, Shutdown, WeightsLoaded)
 from engine.rollout.native import NativeRolloutEngine
@@ -47,6 +47,7 @@ class WorkerSpec:
     eos_token_id: int
     pad_token_id: int
     max_batch_sequences: int = 256
+    env: EnvConfig | None = None  # multi-turn rollouts: the recipe's env section (resolved in the worker)
 
 
 HEARTBEAT_S = 2.0
@@ -109,10 +110,15 @@ def build_engine(spec: WorkerSpec) -> NativeRolloutEngine:
         use_shared_prompt_attention(model, spec.attention_kernel)
     model.requires_grad_(False)
     # The actor's folder holds its tokenizer: stop strings are matched on the same text as in the trainer.
-    decode = token_decoder(load_tokenizer(Path(spec.model_dir), spec.model))
-    return NativeRolloutEngine(model, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
-                               device=torch.device(spec.device), max_batch_sequences=spec.max_batch_sequences,
-                               decode=decode)
+    tokenizer = load_tokenizer(Path(spec.model_dir), spec.model)
+    engine = NativeRolloutEngine(model, eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id,
+                                 device=torch.device(spec.device), max_batch_sequences=spec.max_batch_sequences,
+                                 decode=token_decoder(tokenizer))
+    if spec.env is None:
+        return engine
+    from engine.rollout.multiturn import multiturn_engine
+
+    return multiturn_engine(engine, spec.env, tokenizer)
 
 
 def serve(engine: NativeRolloutEngine, receiver: WeightReceiver, requests: Connection, replies: Replies) -> None:
