@@ -30,7 +30,7 @@ from engine.rollout.fleet.ranks import RankFleet, serve_generate
 from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
-from engine.rollout.multiturn import multiturn_engine
+from engine.rollout.multiturn import MultiTurnRolloutEngine, multiturn_engine
 from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.tracking import check_installed
@@ -43,9 +43,6 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
     """Everything rank 0 (or the one process) needs. `env`, `control`: this process is rank 0 of a torchrun
     launch, and its connection to the other ranks."""
     check_installed(cfg.run)  # a tracker named in run.loggers that cannot open fails before anything is built
-    if cfg.env.enabled and env is not None and env.world_size > 1:
-        raise ConfigError("env.name: multi-turn rollouts under torchrun with several ranks are not built yet (the "
-                          "follower ranks' engines are single-turn); run one process, colocated or split")
     backend = get_backend(cfg.backend.name)
     split = cfg.pipeline.placement == "split"
     backend.set_threads(cfg.pipeline.trainer_threads if split else cfg.backend.threads)
@@ -189,7 +186,7 @@ class Follower:
     trainer: Trainer
     control: ControlPlane
     ckpt_root: Path
-    rollout: NativeRolloutEngine | None = None
+    rollout: NativeRolloutEngine | MultiTurnRolloutEngine | None = None
     prompt_timeout_s: float = 60.0  # the longest wait for rank 0's next prompts within a request
 
     def run(self) -> None:
@@ -217,6 +214,8 @@ def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPla
                                    _attention(cfg, backend))
         rollout = build_rollout_engine("native", model, tokenizer, device,
                                        max_batch_sequences=cfg.rollout.max_batch_sequences)
+        if cfg.env.enabled:  # the same environments as rank 0's engine
+            rollout = multiturn_engine(rollout, cfg.env, tokenizer)
     startup_memory(backend, env)
     return Follower(trainer, control, run_dir / "checkpoints", rollout, cfg.backend.peer_timeout_s)
 

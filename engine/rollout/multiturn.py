@@ -118,6 +118,10 @@ class MultiTurnRolloutEngine:
         self.base.load_weights(named_tensors, version)
 
     @property
+    def max_batch_sequences(self) -> int:
+        return self.base.max_batch_sequences
+
+    @property
     def steps(self) -> int:
         """Forwards taken, ever (a remote worker's heartbeat reports it as progress)."""
         return self.base.steps

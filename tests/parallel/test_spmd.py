@@ -41,7 +41,7 @@ def launch(nproc: int, overrides: list[str], logs: Path) -> None:
     """torchrun; on failure the assertion shows each rank's own stderr (torchrun's summary hides the cause)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
            f"--log-dir={logs}", "--redirects=3", "-m", "engine.train", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # tests/: helpers
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     ranks = "".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(logs.rglob("stderr.log")))
     assert done.returncode == 0, ranks + done.stderr[-1500:]
@@ -119,3 +119,17 @@ def test_every_colocated_rank_generates_and_two_ranks_train_what_one_trains(tiny
         assert [line["rollout/engines"] for line in trained] == [nproc] * 3
     busy = [[line.get(f"rollout/busy_s/rollout-{rank}", 0.0) for rank in (0, 1)] for line in trained]
     assert all(b0 > 0 and b1 > 0 for b0, b1 in busy), busy  # both ranks' engines generated every iteration
+
+
+def test_two_ranks_generating_multiturn_trajectories_train_what_one_trains(tiny_model_dir, tmp_path):
+    # every rank's engine runs environments (tests/helpers.py ScriptedEnvironment): trajectories are seeded per
+    # (prompt, sample), so dealing them over 2 engines gives 1 engine's groups, and the same update
+    extra = {"run.deterministic": "true", "rollout.prompts_per_iteration": 6, "rollout.max_batch_sequences": 8,
+             "env.name": "helpers:ScriptedEnvironment", "env.max_tokens": 24, "algorithm.truncated": "train"}
+    for nproc in (1, 2):
+        launch(nproc, _overrides(tiny_model_dir, tmp_path / str(nproc), **extra), tmp_path / f"logs{nproc}")
+    assert_same(final_weights(tmp_path / "2"), final_weights(tmp_path / "1"))
+    lines = [json.loads(line) for line in (tmp_path / "2" / "t" / "metrics.jsonl").read_text().splitlines()]
+    trained = [line for line in lines if line["iteration"] > 0]
+    assert all(line["rollout/engines"] == 2 and line["rollout/turns_per_sample"] >= 1.0 for line in trained)
+    assert any(line["rollout/tool_calls_per_sample"] > 0 for line in trained)
