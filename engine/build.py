@@ -27,6 +27,7 @@ from engine.rewards.composite import build_rewards
 from engine.rollout.fleet.dealer import share_window
 from engine.rollout.fleet.fleet import FLEET_FILE, Fleet
 from engine.rollout.fleet.ranks import RankFleet, serve_generate
+from engine.rollout.fleet.servers import NcclServerTransfer, ServerFleet
 from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
@@ -270,6 +271,8 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
     the same folder, its own threads (pipeline.rollout_threads) and, on accelerators, its device
     (pipeline.rollout_devices); weights reach them all by the backend's transport, sent once."""
     precision = trainer.precision
+    if cfg.rollout.servers:
+        return build_server_fleet(cfg, backend, tokenizer, run_dir)
     if cfg.rollout.engine == "vllm":
         return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=vllm_multiprocess(cfg, env))
     if cfg.pipeline.placement == "colocated":
@@ -294,6 +297,15 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                  weight_specs(synced_parameters(trainer.trimodel.actor), precision), window=in_flight_window(cfg),
                  sync_timeout_s=cfg.pipeline.sync_timeout_s, stall_timeout_s=cfg.rollout.stall_timeout_s,
                  restart=cfg.pipeline.restart_rollout, fleet_file=run_dir / FLEET_FILE if run_dir else None)
+
+
+def build_server_fleet(cfg: Config, backend, tokenizer, run_dir: Path | None) -> ServerFleet:
+    """rollout.servers: vLLM servers by URL; weights through vLLM's NCCL weight transfer from this process."""
+    host, _, port = cfg.rollout.server_sync.rpartition(":")
+    return ServerFleet(cfg.rollout.servers, tokenizer.eos_token_id, window=cfg.rollout.in_flight or 8,
+                       request_timeout_s=cfg.rollout.stall_timeout_s,
+                       transfer=NcclServerTransfer(host, int(port), backend.device()),
+                       fleet_file=run_dir / FLEET_FILE if run_dir else None)
 
 
 def rollout_devices(cfg: Config, backend, env: DistEnv | None) -> list[torch.device]:

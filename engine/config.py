@@ -216,6 +216,12 @@ class RolloutConfig:
     # micro-batch (optim.micro_batch_size / G), so groups finish in waves the trainer trains on while the
     # next wave generates, even when every response runs to max_new_tokens.
     in_flight: int = 0
+    # Running vLLM servers to generate on instead of an engine of ours (engine/rollout/fleet/servers.py):
+    # http://host:port URLs, started with --logprobs-mode processed_logprobs; needs rollout.engine=vllm and
+    # rollout.server_sync, the host:port where the trainer opens vLLM's NCCL weight-transfer group (port + i for
+    # server i). rollout.in_flight: requests in flight per server (0 = 8).
+    servers: list[str] = field(default_factory=list)
+    server_sync: str = ""
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self) -> None:
@@ -235,9 +241,23 @@ class RolloutConfig:
             raise ConfigError(f"rollout.stall_timeout_s: must be > 0, got {self.stall_timeout_s}")
         if self.in_flight < 0:
             raise ConfigError(f"rollout.in_flight: must be >= 0 (0 = chosen by the schedule), got {self.in_flight}")
+        if self.servers and self.engine != "vllm":
+            raise ConfigError("rollout.servers: the servers are vLLM servers; set rollout.engine=vllm")
+        if any(not u.startswith(("http://", "https://")) for u in self.servers):
+            raise ConfigError(f"rollout.servers: expected http(s)://host:port URLs, got {self.servers}")
+        if self.servers and not _host_port(self.server_sync):
+            raise ConfigError(f"rollout.server_sync: expected host:port where the trainer opens the weight-transfer "
+                              f"group the servers join (needed with rollout.servers), got {self.server_sync!r}")
+        if self.server_sync and not self.servers:
+            raise ConfigError("rollout.server_sync: only read with rollout.servers")
         if self.max_batch_sequences < self.group_size:
             raise ConfigError(f"rollout.max_batch_sequences: must be >= rollout.group_size ({self.group_size}) so "
                               f"a whole group fits, got {self.max_batch_sequences}")
+
+
+def _host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit()
 
 
 DEFAULT_REWARD = "engine.rewards.gsm8k:gsm8k_reward"
@@ -506,6 +526,10 @@ class Config:
         if self.model.lora.enabled and self.rollout.engine != "native":
             raise ConfigError("model.lora: adapters are synced to the native engine only so far (vLLM LoRA requests "
                               "are not built yet); set rollout.engine=native")
+        if self.rollout.servers and (self.pipeline.placement != "colocated" or self.model.lora.enabled
+                                     or self.env.enabled):
+            raise ConfigError("rollout.servers: runs with pipeline.placement=colocated (the servers are the rollout "
+                              "side), without model.lora and env.name (not built for servers yet)")
         if self.env.enabled and self.rollout.engine != "native":
             raise ConfigError("env.name: multi-turn rollouts run on the native engine only so far (vLLM multi-turn "
                               "is not built yet); set rollout.engine=native")
