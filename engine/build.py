@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import random
 from pathlib import Path
 
@@ -53,7 +55,7 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
     folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
     tokenizer = load_tokenizer(folder, cfg.model)
     trainer, rollout_model = build_trainer(cfg, backend, device, folder, tokenizer, env)
-    startup_peaks = startup_memory(backend, env)
+    facts = startup_facts(backend, env, device)
     train_examples, heldout_examples = load_examples(cfg.data, cfg.eval, cfg.run.seed)
     stream = PromptStream.from_config(train_examples, tokenizer, cfg.data, cfg.run.seed)
     heldout = prompt_items(heldout_examples, tokenizer, cfg.data)
@@ -63,23 +65,34 @@ def build_components(cfg: Config, run_dir: Path, env: DistEnv | None = None,
     else:
         trainer = TrainerGroup(trainer, control, env.world_size)
         checkpoints = ShardedCheckpoints(ckpt_root, trainer, tokenizer, cfg.run.keep_checkpoints)
-    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer, env, run_dir)  # last: workers start
+    rollout = build_rollout(cfg, backend, folder, rollout_model, tokenizer, trainer, env, run_dir,
+                            facts)  # last: workers start
     stop_ids = stop_token_ids(tokenizer, load_generation_config(folder, rollout_model))  # eos + generation_config
     return Components(cfg, backend, device, tokenizer, trainer, rollout, stream, heldout, run_dir, checkpoints,
-                      world_size=env.world_size if env else 1, stop_token_ids=stop_ids, startup_peak_bytes=startup_peaks)
+                      world_size=env.world_size if env else 1, stop_token_ids=stop_ids, startup_peak_bytes=tuple(f.peak for f in facts))
 
 
-def startup_memory(backend, env: DistEnv | None) -> tuple[int, ...]:
-    """Every rank's peak memory once its models are built (device bytes; on the CPU the process's peak
-    resident set), in rank order on rank 0. Under torchrun a collective: every rank calls it after build_trainer."""
-    peak = int(backend.memory_stats()["peak_allocated"])
+@dataclasses.dataclass(frozen=True, slots=True)
+class RankFacts:
+    """What rank 0 knows of each rank once it is built: its peak memory and where its engine runs (fleet.json)."""
+
+    peak: int  # device bytes; on the CPU the process's peak resident set
+    host: str
+    pid: int
+    device: str
+
+
+def startup_facts(backend, env: DistEnv | None, device: torch.device) -> list[RankFacts]:
+    """Every rank's facts once its models are built, in rank order. Under torchrun a collective: every rank
+    calls it after build_trainer."""
+    mine = RankFacts(int(backend.memory_stats()["peak_allocated"]), socket.gethostname(), os.getpid(), str(device))
     if env is None:
-        return (peak,)
+        return [mine]
     import torch.distributed as dist
 
-    peaks: list = [None] * env.world_size
-    dist.all_gather_object(peaks, peak)
-    return tuple(peaks)
+    facts: list = [None] * env.world_size
+    dist.all_gather_object(facts, mine)
+    return facts
 
 
 def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, tokenizer,
@@ -217,7 +230,7 @@ def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPla
                                        max_batch_sequences=cfg.rollout.max_batch_sequences)
         if cfg.env.enabled:  # the same environments as rank 0's engine
             rollout = multiturn_engine(rollout, cfg.env, tokenizer)
-    startup_memory(backend, env)
+    startup_facts(backend, env, device)
     return Follower(trainer, control, run_dir / "checkpoints", rollout, cfg.backend.peer_timeout_s)
 
 
@@ -263,7 +276,8 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
 
 
 def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer,
-                  env: DistEnv | None = None, run_dir: Path | None = None) -> RolloutEngine:
+                  env: DistEnv | None = None, run_dir: Path | None = None,
+                  facts: list[RankFacts] | None = None) -> RolloutEngine:
     """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
     compute-dtype copy, synced from the masters each iteration); under torchrun with several ranks, the fleet of
     that engine and one on every other rank (engine/rollout/fleet/ranks.py).
@@ -282,8 +296,11 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
             engine = multiturn_engine(engine, cfg.env, tokenizer)
         if not every_rank_generates(cfg, env):
             return engine
+        engines = [{"id": rank, "kind": "rank", "host": f.host, "device": f.device, "pid": f.pid,
+                    "engine": "multiturn" if cfg.env.enabled else "native"} for rank, f in enumerate(facts or [])]
         return RankFleet(engine, trainer.control, env.world_size, in_flight=cfg.rollout.in_flight,
-                         stall_timeout_s=cfg.rollout.stall_timeout_s, peer_timeout_s=cfg.backend.peer_timeout_s)
+                         stall_timeout_s=cfg.rollout.stall_timeout_s, peer_timeout_s=cfg.backend.peer_timeout_s,
+                         fleet_file=run_dir / FLEET_FILE if run_dir and engines else None, engines=engines)
     eos = tokenizer.eos_token_id
     devices = rollout_devices(cfg, backend, env)
     compute_model = dataclasses.replace(cfg.model, dtype=str(precision.compute).removeprefix("torch."))

@@ -119,6 +119,9 @@ def test_every_colocated_rank_generates_and_two_ranks_train_what_one_trains(tiny
         assert [line["rollout/engines"] for line in trained] == [nproc] * 3
     busy = [[line.get(f"rollout/busy_s/rollout-{rank}", 0.0) for rank in (0, 1)] for line in trained]
     assert all(b0 > 0 and b1 > 0 for b0, b1 in busy), busy  # both ranks' engines generated every iteration
+    rows = json.loads((tmp_path / "2" / "t" / "fleet.json").read_text())["engines"]
+    assert [(r["id"], r["kind"], r["version"], r["alive"]) for r in rows] == [(0, "rank", 3, True), (1, "rank", 3, True)]
+    assert rows[0]["pid"] != rows[1]["pid"]
 
 
 def test_two_ranks_generating_multiturn_trajectories_train_what_one_trains(tiny_model_dir, tmp_path):

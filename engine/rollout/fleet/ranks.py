@@ -29,11 +29,14 @@ may be on hosts with unrelated clocks); lane `rollout-<rank>`.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -92,12 +95,14 @@ class RankFleet:
     """RolloutEngine (engine/rollout/base.py) over rank 0's engine and one engine per follower rank."""
 
     def __init__(self, local: NativeRolloutEngine, control: ControlPlane, world_size: int, *, in_flight: int,
-                 stall_timeout_s: float, peer_timeout_s: float) -> None:
+                 stall_timeout_s: float, peer_timeout_s: float, fleet_file: Path | None = None,
+                 engines: list[dict] | None = None) -> None:
         """`in_flight`: prompts an engine may hold (0: as many as its rows take, `max_batch_sequences / n`, so
         evaluation's n=1 fills the engines as a training rollout does)."""
         self.local, self.control, self.in_flight = local, control, in_flight
         self.followers = list(range(1, world_size))
         self.stall_timeout_s, self.peer_timeout_s = stall_timeout_s, peer_timeout_s
+        self.fleet_file, self.engines = fleet_file, engines or []  # fleet.json: one row per rank's engine
         self._spans: list[Span] = []
         self._spans_lock = threading.Lock()
         self._call_ids = itertools.count()
@@ -111,6 +116,17 @@ class RankFleet:
         """Rank 0's engine copies each gathered tensor; the followers' engines copy theirs as they gather
         (TrainerGroup.rollout_weights sent them ("sync", version))."""
         self.local.load_weights(named_tensors, version)
+        self._write_fleet_file()
+
+    def _write_fleet_file(self) -> None:
+        """runs/<name>/fleet.json: every rank's engine at the version just synced (a follower that dies stops
+        the job, so every listed engine is alive while the run is)."""
+        if self.fleet_file is None or not self.fleet_file.parent.is_dir():
+            return
+        rows = [{**row, "version": self.version, "alive": True} for row in self.engines]
+        tmp = self.fleet_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"engines": rows}, indent=2) + "\n")
+        os.replace(tmp, self.fleet_file)
 
     def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         """Deal `prompts` now (rank 0's engine its window first, then each follower its own); the iterator
