@@ -136,7 +136,7 @@ class DataConfig:
     # gsm8k: GSM8K jsonl (answer after "####"); jsonl / parquet: any table with a prompt column and an answer
     # column (data.prompt_key / data.answer_key); datasets: Hugging Face `datasets` (a save_to_disk folder,
     # json/csv/parquet files, or a hub name; engine/data/hf.py).
-    source: Literal["synthetic", "calc", "gsm8k", "jsonl", "parquet", "datasets"] = "synthetic"
+    source: Literal["synthetic", "gsm8k", "jsonl", "parquet", "datasets", "calc"] = "synthetic"
     # file sources: folder with the train/test files (gsm8k: GSM8K_PATH if unset); datasets: a save_to_disk
     # folder, the folder of data.train_file / data.test_file, or a hub name "org/name"
     path: str | None = None
