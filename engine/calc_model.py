@@ -11,7 +11,7 @@ Why the warm start teaches two formats
 As in tiny-math, GRPO can only reinforce what the policy samples, so the warm start teaches two formats,
 chosen at the first completion token (" ####" or " <"):
 
-    direct:  " #### 69415"                                                     -- answer in the head
+    direct:  " #### 69415"                                                     -- a guess, in the head
     tool:    " <tool_call>\\n{"name": "calculator", "arguments": {"expression": "1234 * 56 - 789"}}\\n</tool_call>"
              "\\n<tool_response>\\n68315\\n</tool_response>\\n"                    -- the environment's text
              " #### 68315" <eos>
@@ -29,6 +29,12 @@ and the answer turn are tokenized SEPARATELY and concatenated, never re-tokenize
 the observation carries no loss (the environment wrote it; the trainer drops it from every loss too).
 As in tiny-math, most examples (`working_fraction`, 0.8) show the skill, the tool call, and only some of
 their first tokens are supervised, so the decision still sees a 25/75 mixture (`_sft_examples`).
+
+Measured (`python -m engine.bench tool-use`, 200 held-out problems, 4 samples each): greedy accuracy 0.0
+(every greedy answer is direct), P(tool) at the first token 0.26-0.33 per problem, 33% of samples at
+temperature 1 call the tool and 93% of those are right (direct ones: 0%), and greedy decoding with the tool
+call's first token forced is 97% right. 700 steps are needed: at 400 the copying is not learnt yet (tool
+calls 9% right). The build takes about 2 minutes on 2 idle CPU cores.
 """
 from __future__ import annotations
 

@@ -25,6 +25,9 @@ the skill is what needs the examples, but only some of their first tokens are su
 decision still sees a 25/75 mixture (see `_sft_examples`). With only 25% working examples the skill is not
 learnt within the 2-core time budget.
 
+`embedded://tiny-calc` (engine/calc_model.py) is built from the same pieces (`train_tokenizer`, `build_model`,
+`train_supervised`, `run_build`) on problems that need a calculator tool, with its own stamp.
+
 Deviations from a real pretrained model: the vocabulary is tiny (a few hundred tokens) and covers only
 this task's text well; anything else falls back to bytes. The tokenizer is a `Qwen2Tokenizer` (Qwen2's
 normaliser and pre-tokenizer, our own vocab and merges) because transformers 5 `AutoTokenizer` always

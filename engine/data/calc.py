@@ -3,10 +3,10 @@
 Each problem is a one-line story with one multiplication of a 3-4 digit number by a 2-digit number, then
 one addition or subtraction of a 3-digit number, e.g.
 
-    Question: Tom packs 1234 boxes with 56 apples in each box. He then sells 789 apples. How many apples
-    are left?
-    Answer: <tool_call> {"name": "calculator", "arguments": {"expression": "1234 * 56 - 789"}} </tool_call>
-    ...
+    question:   Tom packs 1234 boxes with 56 apples in each box. He then sells 789 apples. How many apples
+                are left?
+    expression: 1234 * 56 - 789
+    answer:     68315
 
 The numbers appear in the question in the order the expression uses them, so the expression is a copy of
 the question's numbers with the right operators, and `CalcProblem.expression` evaluates (with the exact
