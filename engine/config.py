@@ -132,10 +132,11 @@ class DataConfig:
     """Where prompts come from. Keys a source does not read must stay unset (None): setting one is an error,
     so a recipe never believes it trains on a file it ignores."""
 
-    # synthetic: generated word problems; gsm8k: GSM8K jsonl (answer after "####"); jsonl / parquet: any
-    # table with a prompt column and an answer column (data.prompt_key / data.answer_key); datasets: Hugging
-    # Face `datasets` (a save_to_disk folder, json/csv/parquet files, or a hub name; engine/data/hf.py).
-    source: Literal["synthetic", "gsm8k", "jsonl", "parquet", "datasets"] = "synthetic"
+    # synthetic: generated word problems; calc: generated problems for the calculator tool (engine/data/calc.py);
+    # gsm8k: GSM8K jsonl (answer after "####"); jsonl / parquet: any table with a prompt column and an answer
+    # column (data.prompt_key / data.answer_key); datasets: Hugging Face `datasets` (a save_to_disk folder,
+    # json/csv/parquet files, or a hub name; engine/data/hf.py).
+    source: Literal["synthetic", "gsm8k", "jsonl", "parquet", "datasets", "calc"] = "synthetic"
     # file sources: folder with the train/test files (gsm8k: GSM8K_PATH if unset); datasets: a save_to_disk
     # folder, the folder of data.train_file / data.test_file, or a hub name "org/name"
     path: str | None = None
@@ -150,12 +151,13 @@ class DataConfig:
     # chat format only: appended to each question string (not to rows that carry ready `messages`); "" = none
     instruction: str = CHAT_INSTRUCTION
     max_prompt_tokens: int = 512  # longer prompts are skipped (and counted)
-    train_size: int | None = None  # synthetic source: problems in the training stream (default 20000)
+    train_size: int | None = None  # synthetic / calc sources: problems in the training stream (default 20000)
     shuffle: bool = True
 
     def __post_init__(self) -> None:
         splits = ("train_split", "test_split")
-        ignored = {"synthetic": ("path", "train_file", "test_file", "prompt_key", "answer_key", *splits),
+        generated = ("path", "train_file", "test_file", "prompt_key", "answer_key", *splits)
+        ignored = {"synthetic": generated, "calc": generated,
                    "gsm8k": ("prompt_key", "answer_key", "train_size", *splits),
                    "jsonl": ("train_size", *splits), "parquet": ("train_size", *splits),
                    "datasets": ("train_size",)}[self.source]

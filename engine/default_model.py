@@ -25,6 +25,9 @@ the skill is what needs the examples, but only some of their first tokens are su
 decision still sees a 25/75 mixture (see `_sft_examples`). With only 25% working examples the skill is not
 learnt within the 2-core time budget.
 
+`embedded://tiny-calc` (engine/calc_model.py) is built from the same pieces (`train_tokenizer`, `build_model`,
+`train_supervised`, `run_build`) on problems that need a calculator tool, with its own stamp.
+
 Deviations from a real pretrained model: the vocabulary is tiny (a few hundred tokens) and covers only
 this task's text well; anything else falls back to bytes. The tokenizer is a `Qwen2Tokenizer` (Qwen2's
 normaliser and pre-tokenizer, our own vocab and merges) because transformers 5 `AutoTokenizer` always
@@ -55,6 +58,7 @@ from engine.pretrained import PRETRAINED_URI_PREFIX, ensure_pretrained_model
 
 EMBEDDED_URI_PREFIX = "embedded://"
 DEFAULT_NAME = "tiny-math"
+CALC_NAME = "tiny-calc"
 STAMP_FILE = "cadence_default.json"
 BUILD_VERSION = 1  # bump whenever the build changes what it produces: old folders are then rebuilt
 
@@ -104,12 +108,17 @@ def ensure_default_model(cache_dir: str | Path, name: str = DEFAULT_NAME, *, see
                          log: Callable[[str], None] = print) -> Path:
     """Return `<cache_dir>/<name>`, a loadable HF model folder, building it first unless its stamp matches.
 
+    `name` is `tiny-math` (this module) or `tiny-calc` (the calculator-tool model, engine/calc_model.py).
     The build writes into a temporary sibling and moves it into place with `os.replace`, so an interrupted
     build never leaves a folder that looks complete.
     """
-    if name != DEFAULT_NAME:
-        raise ValueError(f"unknown embedded model {name!r}; allowed: {DEFAULT_NAME}")
-    return _ensure(Path(cache_dir), name, DEFAULT_SPEC, seed, log, _build_folder)
+    if name == DEFAULT_NAME:
+        return _ensure(Path(cache_dir), name, DEFAULT_SPEC, seed, log, _build_folder)
+    if name == CALC_NAME:
+        from engine import calc_model  # it builds on this module's pieces
+
+        return _ensure(Path(cache_dir), name, calc_model.CALC_BUILD, seed, log, calc_model.build_calc_folder)
+    raise ValueError(f"unknown embedded model {name!r}; allowed: {DEFAULT_NAME}, {CALC_NAME}")
 
 
 def resolve_model_path(path: str, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
@@ -194,27 +203,47 @@ def _read_stamp(folder: Path) -> dict | None:
 
 def _build_folder(folder: Path, spec: BuildSpec, seed: int, log: Callable[[str], None]) -> None:
     """Build tokenizer and model, warm-start the model, save both into `folder` and check they reload."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
+    def build() -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+        tokenizer = build_tokenizer(spec, seed)
+        model = build_model(spec, tokenizer)
+        warm_start(model, tokenizer, spec, seed, log)
+        return model, tokenizer
+
+    model, tokenizer = run_build(build, spec.threads, seed)
+    save_checked(folder, model, tokenizer, _reload_texts(seed))
+
+
+def run_build(build: Callable[[], tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]], threads: int,
+              seed: int) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+    """`build()` on `threads` threads with the global RNG seeded by `seed`, restoring both afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
             torch.manual_seed(seed)
-            tokenizer = build_tokenizer(spec, seed)
-            model = build_model(spec, tokenizer)
-            warm_start(model, tokenizer, spec, seed, log)
+            return build()
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def save_checked(folder: Path, model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast,
+                 texts: list[str]) -> None:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    _check_tokenizer_reload(folder, tokenizer, seed)
+    _check_tokenizer_reload(folder, tokenizer, texts)
 
 
 def build_tokenizer(spec: BuildSpec, seed: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on synthetic problems and wrap it as the `Qwen2Tokenizer` that AutoTokenizer
-    rebuilds for model_type qwen2 (same NFC normaliser and pre-tokenizer, which spells numbers one digit
-    per token); eos and pad are distinct special tokens."""
+    """The tiny-math tokenizer: `train_tokenizer` on synthetic problems, worked and direct."""
     problems = make_split("train", spec.tokenizer_problems, seed=seed)
     corpus = [format_prompt(p.question) + p.solution for p in problems] + [_direct_solution(p) for p in problems]
+    return train_tokenizer(corpus, spec)
+
+
+def train_tokenizer(corpus: list[str], spec: BuildSpec) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `corpus` and wrap it as the `Qwen2Tokenizer` that AutoTokenizer rebuilds
+    for model_type qwen2 (same NFC normaliser and pre-tokenizer, which spells numbers one digit per token);
+    eos and pad are distinct special tokens."""
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -248,11 +277,15 @@ def build_model(spec: BuildSpec, tokenizer: PreTrainedTokenizerFast) -> Qwen2For
     return model
 
 
-def _check_tokenizer_reload(folder: Path, tokenizer: PreTrainedTokenizerFast, seed: int) -> None:
-    """AutoTokenizer picks its class from model_type; fail the build unless it encodes exactly as we do."""
+def _reload_texts(seed: int) -> list[str]:
+    return [format_prompt(p.question) + p.solution for p in make_split("heldout", 50, seed=seed)]
+
+
+def _check_tokenizer_reload(folder: Path, tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> None:
+    """AutoTokenizer picks its class from model_type; fail the build unless it encodes `texts` (and some
+    text off the task) exactly as we do."""
     reloaded = AutoTokenizer.from_pretrained(folder)
-    texts = [format_prompt(p.question) + p.solution for p in make_split("heldout", 50, seed=seed)]
-    texts.append("Any other text: wörds, 3.14 ≥ 2, tabs\tand\nnewlines.")
+    texts = [*texts, "Any other text: wörds, 3.14 ≥ 2, tabs\tand\nnewlines."]
     for text in texts:
         if reloaded(text)["input_ids"] != tokenizer(text)["input_ids"]:
             raise RuntimeError(f"tokenizer in {folder} reloads as {type(reloaded).__name__} with different ids")
@@ -267,14 +300,20 @@ def _check_tokenizer_reload(folder: Path, tokenizer: PreTrainedTokenizerFast, se
 class _Example:
     ids: list[int]  # prompt + completion + eos
     prompt_len: int  # the loss covers ids[prompt_len:] ...
-    format_loss: bool  # ... except the first completion token (the format decision) when False
+    format_loss: bool  # ... except the first completion token (the format decision) when False ...
+    context: tuple[tuple[int, int], ...] = ()  # ... and these [start, end) spans (an environment's text)
 
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: BuildSpec, seed: int,
                log: Callable[[str], None]) -> None:
+    """tiny-math's supervised pass: `train_supervised` on `_sft_examples`."""
+    train_supervised(model, _sft_examples(tokenizer, spec, seed), tokenizer.pad_token_id, spec, seed, log)
+
+
+def train_supervised(model: Qwen2ForCausalLM, examples: list[_Example], pad_id: int, spec: BuildSpec, seed: int,
+                     log: Callable[[str], None]) -> None:
     """Supervised pass with AdamW (warmup, cosine decay), loss on completion tokens only; deterministic
     given `seed` and the thread count."""
-    examples = _sft_examples(tokenizer, spec, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, spec))
     batches = torch.Generator().manual_seed(seed)
@@ -282,7 +321,7 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, spec
     start = time.perf_counter()
     for step in range(spec.sft_steps):
         pick = torch.randint(len(examples), (spec.batch_size,), generator=batches).tolist()
-        input_ids_BT, labels_BT = _collate([examples[i] for i in pick], tokenizer.pad_token_id)
+        input_ids_BT, labels_BT = _collate([examples[i] for i in pick], pad_id)
         loss = model(input_ids=input_ids_BT, labels=labels_BT).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -325,7 +364,8 @@ def _direct_solution(problem: Problem) -> str:
 
 def _collate(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and labels (B, T). No attention mask is needed: with causal attention and padding
-    only at the end, real tokens never see a pad, and pad positions carry no loss."""
+    only at the end, real tokens never see a pad, and pad positions carry no loss (nor do prompts, context
+    spans and unsupervised format decisions)."""
     length = max(len(e.ids) for e in examples)
     input_ids_BT = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels_BT = torch.full((len(examples), length), _IGNORE, dtype=torch.long)
@@ -334,6 +374,8 @@ def _collate(examples: list[_Example], pad_id: int) -> tuple[torch.Tensor, torch
         labels_BT[row, e.prompt_len:len(e.ids)] = torch.tensor(e.ids[e.prompt_len:])
         if not e.format_loss:
             labels_BT[row, e.prompt_len] = _IGNORE
+        for start, end in e.context:
+            labels_BT[row, start:end] = _IGNORE
     return input_ids_BT, labels_BT
 
 
@@ -428,7 +470,7 @@ def _build_random_folder(folder: Path, build: _RandomBuild, seed: int, log: Call
         model = random_model(spec, tokenizer)
     model.to(getattr(torch, spec.dtype)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    _check_tokenizer_reload(folder, tokenizer, seed)
+    _check_tokenizer_reload(folder, tokenizer, _reload_texts(seed))
     log(f"  random Qwen2: {sum(p.numel() for p in model.parameters()):,} parameters, {spec.dtype}")
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import sys
 
-from engine.bench import compare, e2e, fleet, pipeline, precision, ranks, rollout, shared_prompt
+from engine.bench import compare, e2e, fleet, pipeline, precision, ranks, rollout, shared_prompt, tool_use
 
 COMMANDS = {"shared-prompt": shared_prompt, "pipeline": pipeline, "precision": precision, "ranks": ranks, "rollout": rollout,
-            "e2e": e2e, "compare": compare, "fleet": fleet}
+            "e2e": e2e, "compare": compare, "fleet": fleet, "tool-use": tool_use}
 
 
 def main(argv: list[str] | None = None) -> int:

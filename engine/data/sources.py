@@ -4,33 +4,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.config import DataConfig, EvalConfig
+from engine.data import calc
 from engine.data.gsm8k import load_split
 from engine.data.prompts import encode_prompt, render_prompt
 from engine.data.synthetic import make_split
 from engine.data.table import read_jsonl, read_parquet
 from engine.types import PromptItem
 
-SYNTHETIC_TRAIN_SIZE = 20000
+SYNTHETIC_TRAIN_SIZE = 20000  # synthetic and calc: problems in the training stream when data.train_size is unset
 PROMPT_KEY, ANSWER_KEY = "question", "answer"  # jsonl / parquet columns when data.prompt_key / answer_key unset
 _TABLE_READERS = {"jsonl": read_jsonl, "parquet": read_parquet}
 
 
 def load_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int) -> tuple[list, list]:
-    """(train examples, held-out examples): synthetic splits, or the train split and the first
+    """(train examples, held-out examples): synthetic or calc splits, or the train split and the first
     `eval.heldout_size` rows of the test split of a gsm8k / jsonl / parquet / datasets source."""
     return load_train(data, seed), load_heldout(data, eval_cfg.heldout_size)
 
 
 def load_train(data: DataConfig, seed: int) -> list:
+    size = data.train_size if data.train_size is not None else SYNTHETIC_TRAIN_SIZE
     if data.source == "synthetic":
-        return make_split("train", data.train_size if data.train_size is not None else SYNTHETIC_TRAIN_SIZE, seed)
+        return make_split("train", size, seed)
+    if data.source == "calc":
+        return calc.make_split("train", size, seed)
     return _load(data, "train")
 
 
 def load_heldout(data: DataConfig, size: int) -> list:
-    """The first `size` held-out examples (the synthetic held-out split does not depend on the run's seed)."""
+    """The first `size` held-out examples (the synthetic and calc held-out splits do not depend on the run's seed)."""
     if data.source == "synthetic":
         return make_split("heldout", size, seed=0)
+    if data.source == "calc":
+        return calc.make_split("heldout", size, seed=0)
     return _load(data, "test")[:size]
 
 
