@@ -72,3 +72,17 @@ def gsm8k_score(completion: str, reference: str) -> RewardResult:
 def gsm8k_reward(completion: str, reference: str) -> float:
     """1.0 when the completion's final number equals the reference's, else 0.0 (a plain `RewardFn`)."""
     return gsm8k_score(completion, reference).score
+
+
+def marked_answer_score(completion: str, reference: str) -> RewardResult:
+    """Like `gsm8k_score`, but only a number after the last `####` counts: no fallback to the last number.
+
+    For multi-turn trajectories, whose text includes the environment's observations: a tool's result must not
+    be read as the policy's answer when the policy gave none."""
+    marker = completion.rfind(MARKER)
+    after = _NUMBER.search(completion, marker + len(MARKER)) if marker >= 0 else None
+    if after is None:
+        return RewardResult(score=0.0, extracted=False)
+    return RewardResult(score=1.0 if normalize_number(after.group()) == normalize_reference(reference) else 0.0,
+                        extracted=True)
+

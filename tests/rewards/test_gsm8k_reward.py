@@ -4,6 +4,7 @@ import time
 import pytest
 
 from engine.rewards import extract_answer, gsm8k_reward, gsm8k_score
+from engine.rewards.gsm8k import marked_answer_score
 
 
 @pytest.mark.parametrize(
@@ -97,3 +98,15 @@ def test_linear_time_on_adversarial_megabyte(text):
     start = time.perf_counter()
     extract_answer(text)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("completion, score, extracted", [
+    ("<tool_call>{}</tool_call>\n<tool_response>\n178377\n</tool_response>\n #### 178377", 1.0, True),
+    ("<tool_call>{}</tool_call>\n<tool_response>\n178377\n</tool_response>\n", 0.0, False),  # no answer given
+    ("the tool said 178377", 0.0, False),
+    (" #### 178,377", 1.0, True),
+    (" #### 5 then 178377", 0.0, True),
+])
+def test_marked_answer_counts_only_the_number_after_the_marker(completion, score, extracted):
+    result = marked_answer_score(completion, "178377")
+    assert (result.score, result.extracted) == (score, extracted)
