@@ -48,6 +48,14 @@ def test_gsm8k_recipe_runs_two_iterations_on_a_tiny_model(tiny_model_dir, tmp_pa
     assert len(lines) == 3 and "policy/kl" in json.loads(lines[2])  # iteration 0: the accuracy before training
 
 
+def test_tool_recipe_runs_multiturn_on_a_tiny_model(tiny_model_dir, tmp_path):
+    args = _args(tiny_model_dir, tmp_path, "recipes/tool_calc.yaml") + ["data.train_size=32"]
+    result = _launch([sys.executable, "-m", "engine.train", *args], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads((tmp_path / "tool_calc" / "metrics.jsonl").read_text().splitlines()[1])
+    assert line["rollout/turns_per_sample"] >= 1.0 and "rollout/tool_calls_per_sample" in line and "env/time" in line
+
+
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=1"], "command line: optim.lrr: unknown key"),
     (["optim.lr=fast"], "command line: optim.lr: expected float, got 'fast'"),
