@@ -125,23 +125,30 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "t" / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_train_the_adapters_one_process_trains_and_sync_them_alone(tiny_model_dir, tmp_path):
-    plain_run(tiny_model_dir, tmp_path / "plain")
-    launch(2, _overrides(tiny_model_dir, tmp_path / "two", **LORA_RUN), tmp_path / "logs", pythonpath=(TESTS,))
+# colocated: each rank's engine is synced the gathered adapters; split: one rollout worker gets them by transport
+PLACEMENTS = {"colocated": ({}, 2), "split": ({"pipeline.placement": "split"}, 1)}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_two_ranks_train_the_adapters_one_process_trains_and_sync_them_alone(tiny_model_dir, tmp_path, placement):
+    extra, engines = PLACEMENTS[placement]
+    plain_run(tiny_model_dir, tmp_path / "plain")  # colocated: tests/test_lora.py has split = colocated in one process
+    launch(2, _overrides(tiny_model_dir, tmp_path / "two", **LORA_RUN, **extra), tmp_path / "logs", pythonpath=(TESTS,))
     two, plain = adapter(tmp_path / "two"), adapter(tmp_path / "plain")
     assert_close(two, plain)
     assert any(t.abs().max() > 0 for n, t in two.items() if "lora_B" in n)  # it trained
     adapter_bytes = sum(t.numel() * 8 for t in plain.values())  # float64
     trained = [line for line in metrics(tmp_path / "two") if line["iteration"] > 0]
     assert [line["sync/bytes"] for line in trained] == [adapter_bytes] * 3
-    assert [line["rollout/engines"] for line in trained] == [2] * 3
+    assert [line["rollout/engines"] for line in trained] == [engines] * 3
     folder = tmp_path / "two" / "t" / "checkpoints" / "iter_000003"
     assert (folder / ADAPTER_CONFIG).is_file() and (folder / "dcp" / ".metadata").is_file()
     assert not (folder / "model.safetensors").exists()  # the base is never written again
 
 
+@pytest.mark.parametrize("resume_ranks", [2, 1])
 def test_a_two_rank_lora_run_resumes_to_the_adapters_of_the_uninterrupted_run_and_exports_merged(
-        tiny_model_dir, tmp_path):
+        tiny_model_dir, tmp_path, resume_ranks):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -150,7 +157,8 @@ def test_a_two_rank_lora_run_resumes_to_the_adapters_of_the_uninterrupted_run_an
     plain_run(tiny_model_dir, tmp_path / "plain")
     cut = tmp_path / "cut"
     launch(2, _overrides(tiny_model_dir, cut, **{**LORA_RUN, "run.iterations": 2}), tmp_path / "l1", pythonpath=(TESTS,))
-    launch(2, _overrides(tiny_model_dir, cut, **{**LORA_RUN, "run.resume": "true"}), tmp_path / "l2", pythonpath=(TESTS,))
+    launch(resume_ranks, _overrides(tiny_model_dir, cut, **{**LORA_RUN, "run.resume": "true"}), tmp_path / "l2",
+           pythonpath=(TESTS,))  # dcp/ reshards the adapters' masters and AdamW state
     assert_close(adapter(cut), adapter(tmp_path / "plain"))
     assert [line["iteration"] for line in metrics(cut)] == [0, 1, 2, 3]  # nothing lost, nothing replayed
     folder = cut / "t" / "checkpoints" / "iter_000003"
