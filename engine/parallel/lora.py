@@ -43,7 +43,19 @@ def load_sharded_lora_actor(folder: Path, cfg: ModelConfig, device: torch.device
     broadcast_adapters(actor)
     rollout = frozen_copy(actor, precision.compute, share_frozen=True) if rollout_copy else None
     frozen = {p for p in actor.parameters() if not p.requires_grad}
-    return actor, shard_actor(actor, precision, ignored=frozen), rollout
+    sharded = shard_actor(actor, precision, ignored=frozen)
+    settle_trainable(actor, device)
+    return actor, sharded, rollout
+
+
+def settle_trainable(actor: nn.Module, device: torch.device) -> None:
+    """One no-grad forward with the adapters on, right after sharding. FSDP2 decides at its first forward which
+    parameters train (their dtype and reduce dtype) and gives each gathered parameter the requires_grad of that
+    moment. The reference (`AdaptersOff`) clears the adapters' requires_grad while it runs, so a reference forward
+    first would leave FSDP2 taking the adapters for frozen: no float32 reduction, and bfloat16 gradients refused
+    by the float32 masters (tested)."""
+    with torch.no_grad():
+        actor(input_ids=torch.ones(1, 1, dtype=torch.long, device=device), use_cache=False)
 
 
 def broadcast_adapters(model: nn.Module) -> None:

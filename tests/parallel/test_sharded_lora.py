@@ -65,6 +65,12 @@ def _rank(rank: int, world: int, port: int, model_dir: str, errors) -> None:
                 assert rollout_params[name].data_ptr() == p.data_ptr(), name
             else:
                 assert rollout_params[name].dtype == torch.bfloat16, name
+        # the reference may run before the actor's first forward: peft's switch clears the adapters'
+        # requires_grad while it is off, which FSDP2 must not take for "frozen"
+        with torch.no_grad():
+            AdaptersOff(actor)(input_ids=torch.ones(1, 3, dtype=torch.long))
+        actor(input_ids=torch.ones(1, 3, dtype=torch.long)).logits.float().sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapters.values())  # float32 reduction
         # adapters off = the base, bit for bit, after B has moved off 0
         with torch.no_grad():
             for name, p in adapters.items():
@@ -168,3 +174,19 @@ def test_a_two_rank_lora_run_resumes_to_the_adapters_of_the_uninterrupted_run_an
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float64).state_dict()
     for name, tensor in expected.items():
         torch.testing.assert_close(merged[name], tensor, rtol=1e-6, atol=1e-6)  # stored in the base's float32
+
+
+def test_a_bfloat16_two_rank_lora_run_keeps_float32_adapter_masters_and_no_base_in_dcp(tiny_model_dir, tmp_path):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    out = tmp_path / "bf16"
+    launch(2, _overrides(tiny_model_dir, out, **{**LORA_RUN, "model.dtype": "bfloat16", "run.iterations": 2}),
+           tmp_path / "logs", pythonpath=(TESTS,))
+    exported = adapter(out, iteration=2)
+    assert all(t.dtype == torch.bfloat16 for t in exported.values())  # the export is in the compute dtype
+    assert any(t.abs().max() > 0 for n, t in exported.items() if "lora_B" in n)  # it trained
+    stored = FileSystemReader(str(out / "t" / "checkpoints" / "iter_000002" / "dcp")).read_metadata()
+    masters = {k: v for k, v in stored.state_dict_metadata.items() if k.startswith("model.")}
+    assert masters and all(".lora_" in k and v.properties.dtype == torch.float32 for k, v in masters.items())
+    trained = [line for line in metrics(out) if line["iteration"] > 0]
+    assert [line["sync/bytes"] for line in trained] == [sum(t.numel() * 2 for t in exported.values())] * 2
