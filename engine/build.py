@@ -101,8 +101,6 @@ def build_trainer(cfg: Config, backend, device: torch.device, folder: Path, toke
     a frozen compute-dtype copy under mixed precision or sharding."""
     precision = resolve_precision(cfg.model.dtype, backend.name)
     check_dtype(backend, precision, env)
-    if env is not None and cfg.model.lora.enabled:
-        raise ConfigError("model.lora: LoRA under torchrun (FSDP2) is not built yet; run it in one process")
     if env is None:
         actor, reference, rollout_model = _one_process_models(cfg, backend, device, folder, precision)
         grad_sync, comm = LOCAL_GRAD_SYNC, LOCAL
@@ -164,6 +162,8 @@ def _lora_models(cfg: Config, backend, device, folder: Path, precision: Precisio
 def _sharded_models(cfg: Config, backend, device, folder: Path, precision: Precision, env: DistEnv):
     """(actor, reference, rollout module or None, precision) under FSDP2: rank 0 reads the weights once and
     every rank keeps its shards (engine/parallel/loading.py); the reference is sharded like the actor."""
+    if cfg.model.lora.enabled:
+        return _sharded_lora_models(cfg, backend, device, folder, precision)
     prepare = _attention(cfg, backend)
     actor, sharded, full = load_sharded_actor(folder, cfg.model, device, precision, cfg.trainer.dropout,
                                               is_root=env.is_root, prepare=prepare)
@@ -175,6 +175,20 @@ def _sharded_models(cfg: Config, backend, device, folder: Path, precision: Preci
     reference = None
     if cfg.algorithm.kl_coef > 0:
         reference = sharded_reference(folder, cfg.model, device, actor, precision, prepare)
+    return actor, reference, rollout_model, sharded
+
+
+def _sharded_lora_models(cfg: Config, backend, device, folder: Path, precision: Precision):
+    """LoRA under FSDP2 (engine/parallel/lora.py): sharded float32 adapters over a whole compute-dtype base on
+    every rank; each colocated rank's rollout module shares that base; the reference is the adapters off."""
+    from engine.lora import AdaptersOff, log_memory
+    from engine.parallel.lora import load_sharded_lora_actor
+
+    actor, sharded, rollout_model = load_sharded_lora_actor(
+        folder, cfg.model, device, precision, cfg.trainer.dropout, _attention(cfg, backend),
+        rollout_copy=_wants_rollout_copy(cfg, precision, True))
+    log_memory(actor, with_reference=cfg.algorithm.kl_coef > 0)
+    reference = AdaptersOff(actor) if cfg.algorithm.kl_coef > 0 else None
     return actor, reference, rollout_model, sharded
 
 
@@ -220,12 +234,14 @@ def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPla
     folder = resolve_model_path(cfg.model.path, cfg.run.cache_dir)
     tokenizer = load_tokenizer(folder, cfg.model)
     generates = every_rank_generates(cfg, env)
-    cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))  # no copy of rank 0's
-    trainer, _ = build_trainer(cfg, backend, device, folder, tokenizer, env)
+    if not cfg.model.lora.enabled:  # the full model: no copy of rank 0's (each sync fills an empty one below)
+        cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))
+    trainer, model = build_trainer(cfg, backend, device, folder, tokenizer, env)  # LoRA: the copy sharing its base
     rollout = None
     if generates:
-        model = empty_rollout_copy(folder, cfg.model, device, trainer.trimodel.actor, trainer.precision.compute,
-                                   _attention(cfg, backend))
+        if model is None:
+            model = empty_rollout_copy(folder, cfg.model, device, trainer.trimodel.actor, trainer.precision.compute,
+                                       _attention(cfg, backend))
         rollout = build_rollout_engine("native", model, tokenizer, device,
                                        max_batch_sequences=cfg.rollout.max_batch_sequences)
         if cfg.env.enabled:  # the same environments as rank 0's engine

@@ -5,6 +5,10 @@ dtype, trainer_state.pt, manifest.json, published atomically by rank 0) with one
 the float32 masters and AdamW state as written by `torch.distributed.checkpoint` from every rank's shards.
 DCP reshards on load, so a run saved on N ranks resumes on M. All ranks write into rank 0's temporary folder
 (same file system: one node, or a shared file system across nodes); rank 0 takes the manifest and renames.
+
+Under LoRA (engine/parallel/lora.py) both hold the adapters alone: the export is peft's adapter folder (as in one
+process, so `cadence export --merge` reads it), `dcp/` the float32 adapter masters and their AdamW state; the
+frozen base is never written, and a resume reads it from model.path again.
 """
 from __future__ import annotations
 
@@ -14,25 +18,35 @@ from typing import Any
 
 from engine.checkpoint import (CheckpointError, latest_checkpoint, load_trainer_state, prune_checkpoints, save_checkpoint, snapshot,
                                tmp_checkpoint_dir)
+from engine.lora import is_lora
 from engine.parallel.spmd import TrainerGroup
 from engine.trainer import Trainer
 
 DCP_DIR = "dcp"
 
 
+def _options(trainer: Trainer, **options):
+    """StateDictOptions of this run: under LoRA the frozen base is left out (it never steps)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    lora = is_lora(trainer.trimodel.actor)
+    return StateDictOptions(ignore_frozen_params=lora, **({"strict": False} if lora else {}), **options)
+
+
 def _sharded_state(trainer: Trainer) -> dict:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optim_state = get_state_dict(trainer.trimodel.actor, trainer.optimizer)
+    model_state, optim_state = get_state_dict(trainer.trimodel.actor, trainer.optimizer, options=_options(trainer))
     return {"model": model_state, "optim": optim_state}
 
 
 def _full_export(trainer: Trainer) -> dict:
-    """The whole model on rank 0 (CPU), gathered tensor by tensor; empty on the other ranks. A collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """The whole model (LoRA: the adapters) on rank 0 (CPU), gathered tensor by tensor; empty on the other
+    ranks. A collective."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(trainer.trimodel.actor, options=options)
+    return get_model_state_dict(trainer.trimodel.actor, options=_options(trainer, full_state_dict=True,
+                                                                          cpu_offload=True))
 
 
 def save_shards(trainer: Trainer, folder: Path) -> None:
@@ -50,7 +64,7 @@ def load_shards(trainer: Trainer, folder: Path) -> None:
     state = _sharded_state(trainer)
     dcp.load(state, checkpoint_id=str(folder / DCP_DIR))
     set_state_dict(trainer.trimodel.actor, trainer.optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optim"])
+                   optim_state_dict=state["optim"], options=_options(trainer))
     trainer.load_schedule_state(load_trainer_state(folder)["trainer"])
 
 

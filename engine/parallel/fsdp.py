@@ -69,9 +69,10 @@ class FsdpGradSync:
             self.model.set_requires_gradient_sync(False)
 
 
-def shard_actor(model: nn.Module, precision: Precision) -> Precision:
+def shard_actor(model: nn.Module, precision: Precision, ignored: set[nn.Parameter] | None = None) -> Precision:
     """Shard `model` in place over the default process group; return the precision the trainer then uses
-    (FSDP2 casts, so `cast_forward` must not)."""
+    (FSDP2 casts, so `cast_forward` must not). `ignored`: parameters FSDP2 leaves whole and unmanaged on every
+    rank (a LoRA base: engine/parallel/lora.py), neither sharded nor gathered nor cast."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=precision.compute, reduce_dtype=precision.master)
@@ -81,6 +82,6 @@ def shard_actor(model: nn.Module, precision: Precision) -> Precision:
         raise ValueError(f"{type(model).__name__}: no decoder layers found to shard (_no_split_modules is "
                          f"{sorted(layer_classes)})")
     for layer in layers:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(layer, mp_policy=policy, ignored_params=ignored)
+    fully_shard(model, mp_policy=policy, ignored_params=ignored)
     return dataclasses.replace(precision, sharded=True)

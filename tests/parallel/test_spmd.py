@@ -37,11 +37,14 @@ def _overrides(model_dir, out: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def launch(nproc: int, overrides: list[str], logs: Path) -> None:
-    """torchrun; on failure the assertion shows each rank's own stderr (torchrun's summary hides the cause)."""
+def launch(nproc: int, overrides: list[str], logs: Path, pythonpath: tuple[Path, ...] = ()) -> None:
+    """torchrun; on failure the assertion shows each rank's own stderr (torchrun's summary hides the cause).
+    `pythonpath`: more import roots (a test module's reward function)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
            f"--log-dir={logs}", "--redirects=3", "-m", "engine.train", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # tests/: helpers
+    # tests/: helpers (ScriptedEnvironment)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(map(str, (ROOT, ROOT / "tests", *pythonpath)))}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     ranks = "".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted(logs.rglob("stderr.log")))
     assert done.returncode == 0, ranks + done.stderr[-1500:]
