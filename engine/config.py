@@ -71,6 +71,10 @@ class BackendConfig:
                 raise ConfigError(f"backend.{name}: must be > 0, got {getattr(self, name)}")
 
 
+# The largest adapter rank vLLM 0.32 serves (its largest max_lora_rank; engine/rollout/vllm_lora.py)
+VLLM_MAX_LORA_RANK = 512
+
+
 @dataclass(frozen=True, slots=True)
 class LoraConfig:
     """model.lora: train low-rank adapters (through peft) on a frozen base instead of the whole model
@@ -525,9 +529,9 @@ class Config:
         if self.rollout.prompts_per_iteration % mini:
             raise ConfigError(f"algorithm.ppo_mini_batches: {mini} must divide rollout.prompts_per_iteration "
                               f"({self.rollout.prompts_per_iteration}) so every mini-batch has B / M groups")
-        if self.model.lora.enabled and self.rollout.engine != "native":
-            raise ConfigError("model.lora: adapters are synced to the native engine only so far (vLLM LoRA requests "
-                              "are not built yet); set rollout.engine=native")
+        if self.model.lora.rank > VLLM_MAX_LORA_RANK and self.rollout.engine == "vllm":
+            raise ConfigError(f"model.lora.rank: vLLM serves LoRA adapters up to rank {VLLM_MAX_LORA_RANK}, got "
+                              f"{self.model.lora.rank}; lower it or set rollout.engine=native")
         if self.rollout.servers and (self.pipeline.placement != "colocated" or self.model.lora.enabled
                                      or self.env.enabled):
             raise ConfigError("rollout.servers: runs with pipeline.placement=colocated (the servers are the rollout "

@@ -147,8 +147,9 @@ def test_config_errors_name_the_key(tiny_model_dir):
         LoraConfig(target_modules=["q_proj"])
     with pytest.raises(ConfigError, match=r"model.lora.target_modules: \['qkv'\] name no linear layer"):
         lora_actor(tiny_model_dir, targets=["q_proj", "qkv"])
-    with pytest.raises(ConfigError, match="model.lora: adapters are synced to the native engine only"):
-        load_config(None, ["model.path=x", "model.lora.rank=8", "rollout.engine=vllm"])
+    with pytest.raises(ConfigError, match="model.lora.rank: vLLM serves LoRA adapters up to rank 512, got 513"):
+        load_config(None, ["model.path=x", "model.lora.rank=513", "rollout.engine=vllm"])
+    load_config(None, ["model.path=x", "model.lora.rank=512", "rollout.engine=vllm"])  # vLLM LoRA requests
     with pytest.raises(ConfigError, match="model.lora.rnak: unknown key"):
         load_config(None, ["model.path=x", "model.lora.rnak=8"])
 

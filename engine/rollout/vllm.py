@@ -47,6 +47,10 @@ Contract details and where they come from:
   built from the old matrix; we rebuild the kernels of every tied alias after each reload (a method vLLM
   mixes into its workers, `CadenceWorkerExtension`). The prefix cache (KV of the old weights) is reset after
   the reload.
+- LoRA (lora_rank > 0, model.lora): vLLM keeps its base and each sync carries the adapters alone, which become
+  a new vLLM adapter per version (in process: the tensors; multi-process: the same shared-memory hand-over),
+  the previous one removed; every request carries the version's LoRARequest and every output is checked for
+  it (engine/rollout/vllm_lora.py). Until the first sync a LoRA engine refuses to generate.
 
 Deviations from the native engine: `max_batch_sequences` maps to vLLM's max_num_seqs; vLLM needs the model
 as a folder (it builds its own copy, weights then arrive by load_weights); prompt + max_new_tokens must fit
@@ -73,6 +77,7 @@ import torch
 from engine.metrics import ROLLOUT_ENGINES, Span, append_engine_span
 from engine.rollout.base import SamplingParams
 from engine.rollout.sampling import check_sampling_params
+from engine.rollout.vllm_lora import adapter_tensor_name, check_adapter, lora_request, max_lora_rank_for
 from engine.types import Completion, PromptItem, RolloutGroup
 
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
@@ -106,6 +111,10 @@ class VllmOptions:
     # multi-process: a model step of vLLM's workers not done within this raises in vLLM (its
     # VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS), so a hung worker ends the wait (rollout.stall_timeout_s)
     step_timeout_s: float = 300.0
+    # model.lora: > 0 serves rank-`lora_rank` adapters as LoRA requests over the folder's frozen base, and
+    # load_weights then takes the adapters alone (engine/rollout/vllm_lora.py)
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank, as in peft
 
 
 def logprobs_mode_for(temperature: float, top_p: float, top_k: int) -> str:
@@ -154,6 +163,8 @@ class VllmRolloutEngine:
         self._in_flight: set[str] = set()  # vLLM request ids of the running generate() call
         self._calls = itertools.count()
         self._shared: SharedWeights | None = None  # the shared-memory hand-over (multiprocess mode)
+        self._lora_ids = itertools.count(1)  # vLLM adapter ids: one per sync, never reused (0 is not an id)
+        self._lora = None  # the LoRARequest of `self.version` (lora_rank > 0, after the first sync)
         self._engine = _start_engine(str(model_dir), options)
         self._engine.set_weight_version(str(self.version))
         self.max_model_len: int = self._engine.model_config.max_model_len  # prompt + response tokens
@@ -167,18 +178,48 @@ class VllmRolloutEngine:
         if self._in_flight or self._engine.has_unfinished_requests():
             raise RuntimeError("load_weights while a generate() call has requests in flight: its remaining groups "
                                "would mix two policies; exhaust or close that generator first")
-        via_shm = self.options.multiprocess if self.options.weights_via_shm is None else self.options.weights_via_shm
         with self._busy("load_weights"), torch.no_grad():
-            if via_shm:
-                self._reload_from_shared_memory(named_tensors)
+            if self.options.lora_rank:
+                lora = self._load_adapter(named_tensors, version)
             else:
-                detached = ((name, t.detach()) for name, t in named_tensors)  # no graph into vLLM's copy
-                self._engine.collective_rpc("reload_weights", kwargs={"weights_iterator": detached})
-            self._engine.collective_rpc("refresh_tied_kernels")  # CadenceWorkerExtension, in every worker
+                self._reload(named_tensors)
+                lora = None
             if not self._engine.reset_prefix_cache():
                 raise RuntimeError("vLLM refused to reset its prefix cache after the weight update")
             self._engine.set_weight_version(str(version))
-        self.version = version
+        self.version, self._lora = version, lora
+
+    def _via_shm(self) -> bool:
+        return self.options.multiprocess if self.options.weights_via_shm is None else self.options.weights_via_shm
+
+    def _reload(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Every given weight of the model, reloaded in place (the full-model sync)."""
+        if self._via_shm():
+            self._reload_from_shared_memory(named_tensors)
+        else:
+            detached = ((name, t.detach()) for name, t in named_tensors)  # no graph into vLLM's copy
+            self._engine.collective_rpc("reload_weights", kwargs={"weights_iterator": detached})
+        self._engine.collective_rpc("refresh_tied_kernels")  # CadenceWorkerExtension, in every worker
+
+    def _load_adapter(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int):
+        """The adapters as vLLM's next adapter (a new id), the previous one removed in every worker; returns
+        the LoRARequest of `version`."""
+        tensors = [(adapter_tensor_name(name), t.detach()) for name, t in named_tensors]
+        if not tensors:
+            raise ValueError("load_weights: a vLLM engine serving LoRA adapters got no adapter tensors")
+        lora_id = next(self._lora_ids)
+        spec = {"lora_id": lora_id, "rank": self.options.lora_rank, "alpha": self.options.lora_alpha}
+        if self._via_shm():
+            if self._shared is None:
+                self._shared = SharedWeights(tensors)
+            self._shared.write(tensors)
+            loaded = self._engine.collective_rpc("load_shared_adapter", kwargs={"manifest": self._shared.manifest,
+                                                                                **spec})
+        else:
+            loaded = self._engine.collective_rpc("load_adapter", kwargs={"tensors": dict(tensors), **spec})
+        if any(ids != [lora_id] for ids in loaded):
+            raise RuntimeError(f"vLLM workers hold LoRA adapters {loaded} after loading adapter {lora_id}")
+        return lora_request(version, lora_id)
 
     def _reload_from_shared_memory(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Write the weights into the shared blocks, then have every vLLM worker reload from views of them."""
@@ -195,6 +236,9 @@ class VllmRolloutEngine:
             raise RuntimeError("the vLLM rollout engine is closed")
         check_sampling_params(params)
         check_logprobs_mode(params, self.options.logprobs_mode)
+        if self.options.lora_rank and self._lora is None:
+            raise RuntimeError("a vLLM engine serving LoRA adapters generates only after load_weights has given it "
+                               "the adapters (before that it would sample the bare base model)")
         for item in prompts:
             if not item.prompt_ids:
                 raise ValueError(f"prompt {item.index} has no tokens: there is nothing to condition on")
@@ -207,13 +251,14 @@ class VllmRolloutEngine:
     def _generate(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         if self._in_flight:
             raise RuntimeError("generate() while another generate() call has requests in flight")
-        version = self.version
+        version, lora = self.version, self._lora
         try:
             by_id = self._submit(prompts, params)
             while self._in_flight:
                 with self._busy("generate"):
                     outputs = self._step_until_a_group_ends()
                 for out in outputs:  # outside the busy span: the consumer runs here
+                    check_adapter(out, lora.lora_int_id if lora is not None else None, by_id[out.request_id].index)
                     yield _make_group(by_id[out.request_id], out, version, params.n)
         finally:
             if self._in_flight:  # the consumer closed the generator early, or a request was refused
@@ -228,7 +273,8 @@ class VllmRolloutEngine:
         inputs = self._engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=p.prompt_ids) for p in prompts])
         with self._busy("generate"):
             for request_id, item, engine_input in zip(ids, prompts, inputs):
-                self._engine.add_request(request_id, engine_input, self._request_params(params, item.index))
+                self._engine.add_request(request_id, engine_input, self._request_params(params, item.index),
+                                         lora_request=self._lora)
                 self._in_flight.add(request_id)
         return dict(zip(ids, prompts))
 
@@ -317,6 +363,8 @@ def _start_engine(model_dir: str, options: VllmOptions):
         gpu_memory_utilization=options.gpu_memory_utilization, kv_cache_memory_bytes=options.kv_cache_memory_bytes,
         enforce_eager=options.enforce_eager, max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
         enable_prefix_caching=options.enable_prefix_caching, logprobs_mode=options.logprobs_mode,
+        enable_lora=options.lora_rank > 0, max_loras=1,
+        max_lora_rank=max_lora_rank_for(options.lora_rank) if options.lora_rank else 16,
         distributed_executor_backend="mp" if options.multiprocess else "uni", disable_log_stats=True,
         worker_extension_cls=f"{CadenceWorkerExtension.__module__}.{CadenceWorkerExtension.__qualname__}")
     step_env = {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(max(1, round(options.step_timeout_s)))}
@@ -435,9 +483,23 @@ class CadenceWorkerExtension:
 
     def load_shared_weights(self, manifest: dict) -> None:
         """Reload the model in place from the blocks of a SharedWeights `manifest` (vLLM's reload_weights on
-        views of them: the values are copied into vLLM's own parameters). The blocks are mapped once and kept
-        for later syncs; the trainer owns and unlinks them, so this process stops the resource tracker from
-        unlinking them when it exits."""
+        views of them: the values are copied into vLLM's own parameters)."""
+        self.reload_weights(weights_iterator=iter(self._shared_views(manifest).items()))
+
+    def load_adapter(self, lora_id: int, tensors: dict, rank: int, alpha: float) -> list[int]:
+        """LoRA: `tensors` (A and B, peft file names) become adapter `lora_id`, the only one loaded."""
+        from engine.rollout.vllm_lora import load_adapter
+
+        return load_adapter(self, lora_id, tensors, rank, alpha)
+
+    def load_shared_adapter(self, manifest: dict, lora_id: int, rank: int, alpha: float) -> list[int]:
+        """load_adapter from the blocks of a SharedWeights `manifest` (the tensors are copied out of them)."""
+        return self.load_adapter(lora_id, self._shared_views(manifest), rank, alpha)
+
+    def _shared_views(self, manifest: dict) -> dict[str, torch.Tensor]:
+        """Views of the tensors of a SharedWeights `manifest`. The blocks are mapped once and kept for later
+        syncs; the trainer owns and unlinks them, so this process stops the resource tracker from unlinking
+        them when it exits."""
         from multiprocessing import resource_tracker
         from multiprocessing.shared_memory import SharedMemory
 
@@ -454,7 +516,7 @@ class CadenceWorkerExtension:
             flat[getattr(torch, dtype_name)] = mapped[block_name][1]
         slots = [TensorSlot(name, getattr(torch, dtype), tuple(shape), offset)
                  for name, dtype, shape, offset in manifest["slots"]]
-        self.reload_weights(weights_iterator=iter(slot_views(slots, flat).items()))
+        return slot_views(slots, flat)
 
 
 def request_seed(seed: int, index: int) -> int:

