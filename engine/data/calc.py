@@ -19,17 +19,13 @@ Same discipline as `engine.data.synthetic`: splits are disjoint by a hash of the
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.data.synthetic import SPLITS, format_prompt
+from engine.data.synthetic import _OBJECTS, _PEOPLE, SPLITS, _Person, draw_split, format_prompt
 
 __all__ = ["SPLITS", "CalcProblem", "format_prompt", "make_split"]
-
-_HELDOUT_BUCKETS = 10  # one question in ten (by hash) is held out
-_MAX_TRIES_PER_PROBLEM = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,51 +38,12 @@ class CalcProblem:
     answer: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Person:
-    name: str
-    subject: str  # "He" / "She"
-    object: str  # "him" / "her"
-
-
-_PEOPLE = (
-    _Person("Tom", "He", "him"), _Person("Ann", "She", "her"), _Person("Maria", "She", "her"),
-    _Person("Ben", "He", "him"), _Person("Lily", "She", "her"), _Person("Sam", "He", "him"),
-    _Person("Nora", "She", "her"), _Person("Jack", "He", "him"), _Person("Emma", "She", "her"),
-    _Person("Omar", "He", "him"),
-)
-_OBJECTS = ("apples", "pencils", "stickers", "marbles", "cookies", "books", "cards", "shells")
-
-
 def make_split(split: str, n: int, seed: int = 0) -> list[CalcProblem]:
     """Return `n` unique problems of `split` ("train" or "heldout"), deterministically from `seed`.
 
     No held-out question text ever appears in train (hash partition), for any seed and size.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(f"cadence-calc/{split}/{seed}")
-    want_heldout = split == "heldout"
-    seen: set[str] = set()
-    problems: list[CalcProblem] = []
-    for _ in range(n * _MAX_TRIES_PER_PROBLEM):
-        if len(problems) == n:
-            break
-        problem = _draw_problem(rng)
-        if _is_heldout(problem.question) != want_heldout or problem.question in seen:
-            continue
-        seen.add(problem.question)
-        problems.append(problem)
-    if len(problems) < n:
-        raise ValueError(f"could only make {len(problems)} unique {split} problems, asked for {n}")
-    return problems
-
-
-def _is_heldout(question: str) -> bool:
-    digest = hashlib.sha256(question.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") % _HELDOUT_BUCKETS == 0
+    return draw_split(split, n, random.Random(f"cadence-calc/{split}/{seed}"), _draw_problem)
 
 
 def _draw_problem(rng: random.Random) -> CalcProblem:

@@ -21,9 +21,12 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 SPLITS = ("train", "heldout")
+
+P = TypeVar("P")
 
 _HELDOUT_BUCKETS = 10  # one question in ten (by hash) is held out
 _MAX_TRIES_PER_PROBLEM = 50  # a split that needs more draws than this per problem has run out of questions
@@ -68,18 +71,23 @@ def make_split(split: str, n: int, seed: int = 0) -> list[Problem]:
 
     No held-out question text ever appears in train (hash partition), for any seed and size.
     """
+    return draw_split(split, n, random.Random(f"cadence-synthetic/{split}/{seed}"), _draw_problem)
+
+
+def draw_split(split: str, n: int, rng: random.Random, draw: Callable[[random.Random], P]) -> list[P]:
+    """`n` problems of `split` drawn with `draw(rng)` (anything with a `.question`), unique, and in the split
+    the hash of their question puts them in; a smaller `n` gives a prefix of a larger one."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(f"cadence-synthetic/{split}/{seed}")
     want_heldout = split == "heldout"
     seen: set[str] = set()
-    problems: list[Problem] = []
+    problems: list[P] = []
     for _ in range(n * _MAX_TRIES_PER_PROBLEM):
         if len(problems) == n:
             break
-        problem = _draw_problem(rng)
+        problem = draw(rng)
         if _is_heldout(problem.question) != want_heldout or problem.question in seen:
             continue
         seen.add(problem.question)
