@@ -288,7 +288,12 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
         max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
         multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices, devices_env=backend.visible_devices_env,
         step_timeout_s=r.stall_timeout_s, lora_rank=cfg.model.lora.rank, lora_alpha=cfg.model.lora.alpha)
-    return build_vllm_engine(str(folder), tokenizer, options)
+    engine = build_vllm_engine(str(folder), tokenizer, options)
+    if cfg.env.enabled:  # each turn a vLLM request continuing through the prefix cache
+        from engine.rollout.vllm_multiturn import vllm_multiturn_engine
+
+        engine = vllm_multiturn_engine(engine, cfg.env, tokenizer)
+    return engine
 
 
 def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer, trainer,

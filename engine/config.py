@@ -536,9 +536,9 @@ class Config:
                                      or self.env.enabled):
             raise ConfigError("rollout.servers: runs with pipeline.placement=colocated (the servers are the rollout "
                               "side), without model.lora and env.name (not built for servers yet)")
-        if self.env.enabled and self.rollout.engine != "native":
-            raise ConfigError("env.name: multi-turn rollouts run on the native engine only so far (vLLM multi-turn "
-                              "is not built yet); set rollout.engine=native")
+        if self.env.enabled and self.rollout.engine == "vllm" and self.model.lora.enabled:
+            raise ConfigError("env.name: vLLM multi-turn rollouts with model.lora are not built yet; set "
+                              "rollout.engine=native or drop model.lora")
         if self.algorithm.overlong_buffer > self.rollout.max_new_tokens:
             # The penalty ramp would start before token 0 (L_max - L_cache < 0), so even an empty response is
             # penalised: the buffer cannot be longer than the responses it is carved out of.

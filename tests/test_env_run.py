@@ -63,8 +63,9 @@ def test_env_config_errors_name_the_key():
         load_config(None, ["model.path=x", "env.name=calculator", "env.observation_format=none"])
     with pytest.raises(ConfigError, match="env.max_turns"):
         load_config(None, ["model.path=x", "env.name=calculator", "env.max_turns=0"])
-    with pytest.raises(ConfigError, match="rollout.engine=native"):
-        load_config(None, ["model.path=x", "env.name=calculator", "rollout.engine=vllm"])
+    assert load_config(None, ["model.path=x", "env.name=calculator", "rollout.engine=vllm"]).env.enabled
+    with pytest.raises(ConfigError, match="vLLM multi-turn rollouts with model.lora"):
+        load_config(None, ["model.path=x", "env.name=calculator", "rollout.engine=vllm", "model.lora.rank=4"])
 
 
 def test_env_names_resolve_to_factories():

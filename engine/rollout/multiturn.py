@@ -348,13 +348,18 @@ class MultiTurnRolloutEngine:
 
 
 def multiturn_engine(base: NativeRolloutEngine, env, tokenizer) -> MultiTurnRolloutEngine:
-    """`base` driven over multi-turn trajectories as the recipe's `env:` section (EnvConfig) says; observations
-    are tokenized by `tokenizer` without special tokens, turns decoded as stop strings are (special tokens kept)."""
+    """`base` driven over multi-turn trajectories as the recipe's `env:` section (EnvConfig) says."""
+    return MultiTurnRolloutEngine(base, multiturn_options(env, tokenizer))
+
+
+def multiturn_options(env, tokenizer) -> MultiTurnOptions:
+    """The options of the recipe's `env:` section (EnvConfig), shared by the native and vLLM multi-turn engines:
+    observations are tokenized by `tokenizer` without special tokens, turns decoded as stop strings are (special
+    tokens kept)."""
     from engine.envs.registry import environment_factory
     from engine.rollout.stopping import token_decoder
 
-    options = MultiTurnOptions(
+    return MultiTurnOptions(
         environment=environment_factory(env), encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
         decode=token_decoder(tokenizer), limits=env.limits(), turn_end_strings=tuple(env.turn_end),
         observation_format=env.observation_format, env_threads=env.threads)
-    return MultiTurnRolloutEngine(base, options)

@@ -278,7 +278,9 @@ class VllmRolloutEngine:
                 self._in_flight.add(request_id)
         return dict(zip(ids, prompts))
 
-    def _request_params(self, params: SamplingParams, index: int):
+    def _request_params(self, params: SamplingParams, index: int, seed: int | None = None):
+        """vLLM's SamplingParams for prompt `index`; `seed` replaces request_seed(params.seed, index) (the
+        multi-turn engine seeds each turn of each sample, engine/rollout/vllm_multiturn.py)."""
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -286,7 +288,7 @@ class VllmRolloutEngine:
         return VllmSamplingParams(
             n=1 if greedy else params.n, max_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p, top_k=0 if greedy else params.top_k,
-            seed=None if greedy else request_seed(params.seed, index),
+            seed=None if greedy else (request_seed(params.seed, index) if seed is None else seed),
             stop_token_ids=[] if params.ignore_eos else sorted({self.eos_token_id, *params.stop_token_ids}),
             ignore_eos=params.ignore_eos,
             stop=list(params.stop_strings) or None, include_stop_str_in_output=True,
