@@ -26,15 +26,13 @@ from engine.parallel.loading import empty_rollout_copy, load_sharded_actor, shar
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
-from engine.rollout.fleet.dealer import share_window
 from engine.rollout.fleet.fleet import FLEET_FILE, Fleet
 from engine.rollout.fleet.ranks import RankFleet, serve_generate
 from engine.rollout.fleet.servers import NcclServerTransfer, ServerFleet
 from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout import RolloutEngine, build_rollout_engine, build_vllm_engine
-from engine.rollout.multiturn import MultiTurnRolloutEngine, multiturn_engine
-from engine.rollout.native import NativeRolloutEngine
+from engine.rollout.multiturn import multiturn_engine
 from engine.rollout.stopping import load_generation_config, stop_token_ids
 from engine.tracking import check_installed
 from engine.trainer import Trainer
@@ -200,10 +198,25 @@ def expected_normaliser(cfg: Config) -> int:
 
 
 def every_rank_generates(cfg: Config, env: DistEnv | None) -> bool:
-    """Colocated under torchrun with several ranks: each rank's device generates with its own native engine
-    (vLLM stays on rank 0: its in-process mode would take over the default process group)."""
+    """Colocated under torchrun with several ranks: each rank's device generates with its own engine, native
+    or vLLM (in its own processes, on the rank's device). vLLM multi-turn rollouts stay on rank 0's engine."""
     return (env is not None and env.world_size > 1 and cfg.pipeline.placement == "colocated"
-            and cfg.rollout.engine == "native")
+            and not cfg.rollout.uses_servers and not (cfg.rollout.engine == "vllm" and cfg.env.enabled))
+
+
+def rank_vllm_devices(cfg: Config, backend, env: DistEnv | None) -> str:
+    """rollout.vllm.devices, or where every rank generates, this rank's own accelerator for its vLLM engine
+    (the local_rank-th visible device; on the CPU nothing to set)."""
+    if not every_rank_generates(cfg, env):
+        return cfg.rollout.vllm.devices
+    if cfg.rollout.vllm.devices:
+        raise ConfigError("rollout.vllm.devices: when every torchrun rank generates (colocated), each rank's vLLM "
+                          "engine takes that rank's device; leave it unset")
+    if not backend.visible_devices_env:
+        return ""
+    visible = os.environ.get(backend.visible_devices_env)
+    ids = visible.split(",") if visible else [str(i) for i in range(env.local_world_size)]
+    return ids[env.local_rank]
 
 
 @dataclasses.dataclass(slots=True)
@@ -214,7 +227,7 @@ class Follower:
     trainer: Trainer
     control: ControlPlane
     ckpt_root: Path
-    rollout: NativeRolloutEngine | MultiTurnRolloutEngine | None = None
+    rollout: RolloutEngine | None = None  # native, multi-turn or vLLM: its generate takes a PromptSource
     prompt_timeout_s: float = 60.0  # the longest wait for rank 0's next prompts within a request
 
     def run(self) -> None:
@@ -223,7 +236,11 @@ class Follower:
             engine, trainer, control = self.rollout, self.trainer, self.control
             handlers["sync"] = lambda version: engine.load_weights(trainer.rollout_weights(), version)
             handlers["generate"] = lambda request: serve_generate(engine, control, request, self.prompt_timeout_s)
-        follow(self.trainer, self.control, handlers)
+        try:
+            follow(self.trainer, self.control, handlers)
+        finally:
+            if self.rollout is not None:  # a vLLM engine's processes end with the rank
+                self.rollout.close()
 
 
 def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPlane) -> Follower:
@@ -238,7 +255,10 @@ def build_follower(cfg: Config, run_dir: Path, env: DistEnv, control: ControlPla
         cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, placement="split"))
     trainer, model = build_trainer(cfg, backend, device, folder, tokenizer, env)  # LoRA: the copy sharing its base
     rollout = None
-    if generates:
+    if generates and cfg.rollout.engine == "vllm":
+        rollout = build_vllm_rollout(cfg, backend, folder, tokenizer, trainer.precision, multiprocess=True,
+                                     devices=rank_vllm_devices(cfg, backend, env))
+    elif generates:
         if model is None:
             model = empty_rollout_copy(folder, cfg.model, device, trainer.trimodel.actor, trainer.precision.compute,
                                        _attention(cfg, backend))
@@ -271,7 +291,8 @@ def vllm_multiprocess(cfg: Config, env: DistEnv | None) -> bool:
 
 
 def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision: Precision,
-                       multiprocess: bool) -> RolloutEngine:
+                       multiprocess: bool, devices: str | None = None) -> RolloutEngine:
+    """vLLM on `devices` (None: rollout.vllm.devices)."""
     from engine.rollout.vllm import VllmOptions, logprobs_mode_for
 
     r, v = cfg.rollout, cfg.rollout.vllm
@@ -286,7 +307,7 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
         tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
         kv_cache_memory_bytes=int(kv_gib * 2**30) or None, enforce_eager=v.enforce_eager,
         max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
-        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices, devices_env=backend.visible_devices_env,
+        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices if devices is None else devices, devices_env=backend.visible_devices_env,
         step_timeout_s=r.stall_timeout_s, lora_rank=cfg.model.lora.rank, lora_alpha=cfg.model.lora.alpha)
     engine = build_vllm_engine(str(folder), tokenizer, options)
     if cfg.env.enabled:  # each turn a vLLM request continuing through the prefix cache
@@ -300,28 +321,17 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                   env: DistEnv | None = None, run_dir: Path | None = None,
                   facts: list[RankFacts] | None = None) -> RolloutEngine:
     """pipeline.placement=colocated: the native engine generating with `model` (the actor itself, or its
-    compute-dtype copy, synced from the masters each iteration); under torchrun with several ranks, the fleet of
-    that engine and one on every other rank (engine/rollout/fleet/ranks.py).
+    compute-dtype copy, synced from the masters each iteration), or vLLM; under torchrun with several ranks,
+    the fleet of that engine and one on every other rank (engine/rollout/fleet/ranks.py).
     split: a fleet of rollout worker processes (engine/rollout/fleet/), each with its own copy of the model from
     the same folder, its own threads (pipeline.rollout_threads) and, on accelerators, its device
     (pipeline.rollout_devices); weights reach them all by the backend's transport, sent once."""
     precision = trainer.precision
-    if cfg.rollout.servers:
+    if cfg.rollout.uses_servers:
         return build_server_fleet(cfg, backend, tokenizer, run_dir)
-    if cfg.rollout.engine == "vllm":
-        return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=vllm_multiprocess(cfg, env))
-    if cfg.pipeline.placement == "colocated":
-        engine = build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
-                                      max_batch_sequences=cfg.rollout.max_batch_sequences)
-        if cfg.env.enabled:
-            engine = multiturn_engine(engine, cfg.env, tokenizer)
-        if not every_rank_generates(cfg, env):
-            return engine
-        engines = [{"id": rank, "kind": "rank", "host": f.host, "device": f.device, "pid": f.pid,
-                    "engine": "multiturn" if cfg.env.enabled else "native"} for rank, f in enumerate(facts or [])]
-        return RankFleet(engine, trainer.control, env.world_size, in_flight=cfg.rollout.in_flight,
-                         stall_timeout_s=cfg.rollout.stall_timeout_s, peer_timeout_s=cfg.backend.peer_timeout_s,
-                         fleet_file=run_dir / FLEET_FILE if run_dir and engines else None, engines=engines)
+    if cfg.rollout.engine == "vllm" or cfg.pipeline.placement == "colocated":
+        engine = local_rollout_engine(cfg, backend, folder, model, tokenizer, precision, env)
+        return rank_fleet(cfg, engine, trainer, env, run_dir, facts) if every_rank_generates(cfg, env) else engine
     eos = tokenizer.eos_token_id
     devices = rollout_devices(cfg, backend, env)
     compute_model = dataclasses.replace(cfg.model, dtype=str(precision.compute).removeprefix("torch."))
@@ -337,11 +347,35 @@ def build_rollout(cfg: Config, backend, folder: Path, model: torch.nn.Module, to
                  restart=cfg.pipeline.restart_rollout, fleet_file=run_dir / FLEET_FILE if run_dir else None)
 
 
+def local_rollout_engine(cfg: Config, backend, folder: Path, model: torch.nn.Module, tokenizer,
+                         precision: Precision, env: DistEnv | None) -> RolloutEngine:
+    """This process's engine: vLLM (in process, or its own processes), or the native one on `model`."""
+    if cfg.rollout.engine == "vllm":
+        return build_vllm_rollout(cfg, backend, folder, tokenizer, precision, multiprocess=vllm_multiprocess(cfg, env),
+                                  devices=rank_vllm_devices(cfg, backend, env))
+    engine = build_rollout_engine(cfg.rollout.engine, model, tokenizer, backend.device(),
+                                  max_batch_sequences=cfg.rollout.max_batch_sequences)
+    return multiturn_engine(engine, cfg.env, tokenizer) if cfg.env.enabled else engine
+
+
+def rank_fleet(cfg: Config, engine, trainer, env: DistEnv, run_dir: Path | None,
+               facts: list[RankFacts] | None) -> RankFleet:
+    """Rank 0's `engine` and every other rank's (build_follower) as one fleet."""
+    kind = "vllm" if cfg.rollout.engine == "vllm" else "multiturn" if cfg.env.enabled else "native"
+    engines = [{"id": rank, "kind": "rank", "host": f.host, "device": f.device, "pid": f.pid, "engine": kind}
+               for rank, f in enumerate(facts or [])]
+    return RankFleet(engine, trainer.control, env.world_size, in_flight=cfg.rollout.in_flight,
+                     stall_timeout_s=cfg.rollout.stall_timeout_s, peer_timeout_s=cfg.backend.peer_timeout_s,
+                     fleet_file=run_dir / FLEET_FILE if run_dir and engines else None, engines=engines)
+
+
 def build_server_fleet(cfg: Config, backend, tokenizer, run_dir: Path | None) -> ServerFleet:
-    """rollout.servers: vLLM servers by URL; weights through vLLM's NCCL weight transfer from this process."""
+    """rollout.servers (or rollout.servers_file): vLLM servers by URL; weights through vLLM's NCCL weight
+    transfer from this process."""
     host, _, port = cfg.rollout.server_sync.rpartition(":")
+    servers_file = Path(cfg.rollout.servers_file) if cfg.rollout.servers_file else None
     return ServerFleet(cfg.rollout.servers, tokenizer.eos_token_id, window=cfg.rollout.in_flight or 8,
-                       request_timeout_s=cfg.rollout.stall_timeout_s,
+                       servers_file=servers_file, request_timeout_s=cfg.rollout.stall_timeout_s,
                        transfer=NcclServerTransfer(host, int(port), backend.device()),
                        fleet_file=run_dir / FLEET_FILE if run_dir else None)
 
@@ -356,11 +390,17 @@ def rollout_devices(cfg: Config, backend, env: DistEnv | None) -> list[torch.dev
 
 
 def in_flight_window(cfg: Config) -> int:
-    """Prompts per rollout worker in flight (rollout.in_flight; 0: fill the engine under sync, one
-    micro-batch under periodic_async, so groups finish in waves; either way at most an even share of the
-    iteration's prompts, so no worker idles while the first one holds them all)."""
+    """Prompts per rollout worker in flight: rollout.in_flight, or (0) the engine's rows' worth
+    (max_batch_sequences / G), at most an even share of the iteration's prompts so that no worker idles while
+    the first holds them all. Under periodic_async at most half that share (but at least one micro-batch of
+    groups): each worker's groups finish in at least two waves of full batches, and the trainer trains on one
+    wave while the next generates even when every response runs to max_new_tokens. Smaller waves overlap more
+    but pay more decode steps for the same tokens (docs/benchmarks.md, "Rollout fleet": one micro-batch per
+    wave gave 0.61 x ideal_speedup on `engine.bench pipeline --fixed-length`, two full waves 0.80 x)."""
     r = cfg.rollout
     if r.in_flight:
         return r.in_flight
-    sequences = cfg.optim.micro_batch_size if cfg.pipeline.schedule == "periodic_async" else r.max_batch_sequences
-    return share_window(r.prompts_per_iteration, cfg.pipeline.worker_count, max(1, sequences // r.group_size))
+    share = -(-r.prompts_per_iteration // cfg.pipeline.worker_count)
+    if cfg.pipeline.schedule == "periodic_async":
+        share = max(-(-share // 2), cfg.optim.micro_batch_size // r.group_size)
+    return max(1, min(share, r.max_batch_sequences // r.group_size))

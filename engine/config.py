@@ -218,15 +218,20 @@ class RolloutConfig:
     # for dead: a rollout worker, or a multi-process vLLM step (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).
     stall_timeout_s: float = 300.0
     # Prompts each rollout worker (or colocated torchrun rank) may have in flight (the fleet deals the next one
-    # as a group finishes); 0 = chosen from the schedule: sync fills the engine (max_batch_sequences / G), periodic_async one
-    # micro-batch (optim.micro_batch_size / G), so groups finish in waves the trainer trains on while the
-    # next wave generates, even when every response runs to max_new_tokens.
+    # as a group finishes); 0 = chosen from the schedule (engine/build.py:in_flight_window): sync fills the
+    # engine (max_batch_sequences / G), periodic_async at most half a worker's share of the prompts, so its
+    # groups finish in two or more waves the trainer trains on while the next wave generates, even when every
+    # response runs to max_new_tokens.
     in_flight: int = 0
     # Running vLLM servers to generate on instead of an engine of ours (engine/rollout/fleet/servers.py):
     # http://host:port URLs, started with --logprobs-mode processed_logprobs; needs rollout.engine=vllm and
     # rollout.server_sync, the host:port where the trainer opens vLLM's NCCL weight-transfer group (port + i for
     # server i). rollout.in_flight: requests in flight per server (0 = 8).
     servers: list[str] = field(default_factory=list)
+    # Instead of rollout.servers: a text file of server URLs (one per line, # comments), read again before
+    # every weight sync, so servers join (synced to the current version before they get prompts) and leave
+    # between iterations. Replace it atomically (write a copy, then mv).
+    servers_file: str = ""
     server_sync: str = ""
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
@@ -247,23 +252,39 @@ class RolloutConfig:
             raise ConfigError(f"rollout.stall_timeout_s: must be > 0, got {self.stall_timeout_s}")
         if self.in_flight < 0:
             raise ConfigError(f"rollout.in_flight: must be >= 0 (0 = chosen by the schedule), got {self.in_flight}")
-        if self.servers and self.engine != "vllm":
-            raise ConfigError("rollout.servers: the servers are vLLM servers; set rollout.engine=vllm")
-        if any(not u.startswith(("http://", "https://")) for u in self.servers):
-            raise ConfigError(f"rollout.servers: expected http(s)://host:port URLs, got {self.servers}")
-        if self.servers and not _host_port(self.server_sync):
-            raise ConfigError(f"rollout.server_sync: expected host:port where the trainer opens the weight-transfer "
-                              f"group the servers join (needed with rollout.servers), got {self.server_sync!r}")
-        if self.server_sync and not self.servers:
-            raise ConfigError("rollout.server_sync: only read with rollout.servers")
+        self._check_servers()
         if self.max_batch_sequences < self.group_size:
             raise ConfigError(f"rollout.max_batch_sequences: must be >= rollout.group_size ({self.group_size}) so "
                               f"a whole group fits, got {self.max_batch_sequences}")
+
+    @property
+    def uses_servers(self) -> bool:
+        """Generation goes to running vLLM servers (rollout.servers or rollout.servers_file)."""
+        return bool(self.servers or self.servers_file)
+
+    def _check_servers(self) -> None:
+        key = "rollout.servers_file" if self.servers_file else "rollout.servers"
+        if self.servers and self.servers_file:
+            raise ConfigError("rollout.servers_file: set it or rollout.servers, not both")
+        if self.uses_servers and self.engine != "vllm":
+            raise ConfigError(f"{key}: the servers are vLLM servers; set rollout.engine=vllm")
+        if any(not is_server_url(u) for u in self.servers):
+            raise ConfigError(f"rollout.servers: expected http(s)://host:port URLs, got {self.servers}")
+        if self.uses_servers and not _host_port(self.server_sync):
+            raise ConfigError(f"rollout.server_sync: expected host:port where the trainer opens the weight-transfer "
+                              f"group the servers join (needed with {key}), got {self.server_sync!r}")
+        if self.server_sync and not self.uses_servers:
+            raise ConfigError("rollout.server_sync: only read with rollout.servers or rollout.servers_file")
 
 
 def _host_port(text: str) -> bool:
     host, _, port = text.rpartition(":")
     return bool(host) and port.isdigit()
+
+
+def is_server_url(text: str) -> bool:
+    """An http(s)://host:port URL, as rollout.servers and rollout.servers_file take."""
+    return text.startswith(("http://", "https://")) and _host_port(text.split("://", 1)[1].rstrip("/"))
 
 
 DEFAULT_REWARD = "engine.rewards.gsm8k:gsm8k_reward"
@@ -532,7 +553,7 @@ class Config:
         if self.model.lora.rank > VLLM_MAX_LORA_RANK and self.rollout.engine == "vllm":
             raise ConfigError(f"model.lora.rank: vLLM serves LoRA adapters up to rank {VLLM_MAX_LORA_RANK}, got "
                               f"{self.model.lora.rank}; lower it or set rollout.engine=native")
-        if self.rollout.servers and (self.pipeline.placement != "colocated" or self.model.lora.enabled
+        if self.rollout.uses_servers and (self.pipeline.placement != "colocated" or self.model.lora.enabled
                                      or self.env.enabled):
             raise ConfigError("rollout.servers: runs with pipeline.placement=colocated (the servers are the rollout "
                               "side), without model.lora and env.name (not built for servers yet)")

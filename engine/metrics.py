@@ -46,6 +46,7 @@ SAMPLING_ROUNDS = "rollout/sampling_rounds"  # dynamic sampling: generation roun
 TRUNCATED_FRAC = "rollout/truncated_frac"
 ROLLOUT_ENGINES = "rollout/engines"  # rollout engines that generated this iteration (a fleet's live workers)
 REDISPATCHED_PROMPTS = "rollout/redispatched_prompts"  # prompts of an engine that died, dealt to the others
+JOINED_ENGINES = "rollout/joined_engines"  # engines that joined the fleet at this iteration's weight sync
 ENGINE_BUSY_PREFIX = "rollout/busy_s/"  # + lane ("rollout-<id>"): seconds that engine spent generating
 # multi-turn rollouts (engine/rollout/multiturn.py): logged only when the samples are trajectories
 TURNS_PER_SAMPLE = "rollout/turns_per_sample"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -148,3 +149,21 @@ class ScriptedEnvironment:
         if self.turns == 1:
             return Observation(text="7", tool_calls=1)
         return EpisodeEnd(reward_parts={"bonus": self.BONUS})
+
+
+class ScriptedEnv:
+    """For the multi-turn engines' tests: answers `turns - 1` observations of growing length ("r", "rrrr", ...),
+    one tool call each, then ends the episode with a reward part `bonus` of 0.5; each step takes `delay_s`."""
+
+    def __init__(self, prompt_text: str, reference: str, turns: int = 3, delay_s: float = 0.0):
+        self.turns_left, self.delay_s, self.calls = turns - 1, delay_s, 0
+
+    def step(self, turn: str):
+        from engine.envs.base import EpisodeEnd, Observation
+
+        time.sleep(self.delay_s)
+        if self.turns_left == 0:
+            return EpisodeEnd({"bonus": 0.5})
+        self.turns_left -= 1
+        self.calls += 1
+        return Observation(text="r" * (1 + 3 * self.calls), tool_calls=1)

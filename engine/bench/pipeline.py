@@ -2,12 +2,13 @@
 
     python -m engine.bench pipeline [--json] [--iterations N] [--model PATH] [--prompts B] [--micro-batch-size M]
                                     [--max-batch-sequences S] [--backend cpu|cuda|ascend] [--max-new-tokens T]
-                                    [--fixed-length]
+                                    [--fixed-length] [--in-flight K]
 
 `--fixed-length`: every response runs to max_new_tokens (rollout.ignore_eos=true; algorithm.truncated=train so
 the cut responses still train), on the TRL-shaped workload unless --prompts / --max-new-tokens say otherwise
 (B=8, G=8, 64 tokens). All groups then take equally long; the default in-flight window (rollout.in_flight=0:
-one micro-batch of groups per worker under periodic_async) is what makes them finish in waves.
+under periodic_async at most half the worker's prompts, engine/build.py:in_flight_window) is what makes them
+finish in waves. `--in-flight K` sets rollout.in_flight instead.
 
 One quickstart-like recipe (the embedded tiny-math model, synthetic problems, B=32, G=8, 48 new tokens, at most
 32 sequences in flight) runs three ways in this process, each from the same seed and weights:
@@ -86,6 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--trainer-threads", type=int, default=1)
     parser.add_argument("--max-batch-sequences", type=int, default=32,
                         help="rollout.max_batch_sequences: sequences in flight (continuous batching)")
+    parser.add_argument("--in-flight", type=int, default=0,
+                        help="rollout.in_flight: prompts per worker in flight (0: the engine's choice)")
     parser.add_argument("--backend", default="cpu", help="backend.name for all three runs (cpu, cuda, ascend)")
     parser.add_argument("--cache-dir", default=".cache/cadence")
     args = parser.parse_args(argv)
@@ -105,7 +108,8 @@ def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant:
         "run.progress": False, "run.checkpoint_every": 0, "backend.name": args.backend, "backend.threads": threads,
         "model.path": str(model_dir), "data.source": "synthetic", "rollout.prompts_per_iteration": args.prompts,
         "rollout.group_size": GROUP_SIZE, "rollout.max_batch_sequences": args.max_batch_sequences,
-        "rollout.max_new_tokens": args.max_new_tokens, "rollout.temperature": 1.0, "optim.lr": 5e-4,
+        "rollout.max_new_tokens": args.max_new_tokens, "rollout.in_flight": args.in_flight,
+        "rollout.temperature": 1.0, "optim.lr": 5e-4,
         "optim.warmup_iterations": 3, "optim.micro_batch_size": args.micro_batch_size, "eval.before": False,
         "eval.after": False, "pipeline.rollout_threads": args.rollout_threads,
         "pipeline.trainer_threads": args.trainer_threads, **VARIANTS[variant]}

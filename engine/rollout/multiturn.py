@@ -27,22 +27,22 @@ while `EnvLimits.max_tokens` bounds the trajectory.
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from engine.envs.base import EnvironmentFactory, EnvLimits, EpisodeEnd, Observation
+from engine.envs.base import EnvironmentFactory, EnvLimits
 from engine.rollout.base import ListSource, PromptSource, SamplingParams
+from engine.rollout.episode import EpisodeRecord, collect_observations, wait_for_an_environment
 from engine.rollout.native import (NativeRolloutEngine, _generation_mode, _left_pad, _prompt_seed, _splitmix64,
                                    _weights_fingerprint)
 from engine.rollout.sampling import check_sampling_params, sample_next
 from engine.rollout.stopping import StopStrings
-from engine.types import Completion, Episode, PromptItem, RolloutGroup
+from engine.types import PromptItem, RolloutGroup
 
 _COMPACT_DEAD_FRACTION = 0.25  # as in the native engine: dropping rows copies the cache, so not on every stop
 
@@ -59,28 +59,28 @@ class MultiTurnOptions:
 
 
 @dataclass(slots=True)
-class _Trajectory:
-    env: object  # the Environment
-    generator: torch.Generator | None  # None when greedy
-    tail: deque[int] | None  # newest tokens, for the turn-end strings
-    ids: list[int] = field(default_factory=list)
-    logps: list[float] = field(default_factory=list)
-    sampled: list[bool] = field(default_factory=list)
+class _Trajectory(EpisodeRecord):
+    """The shared record (engine/rollout/episode.py) plus this engine's way of feeding its KV-cache row."""
+
+    generator: torch.Generator | None = None  # None when greedy
+    tail: deque[int] | None = None  # newest tokens, for the turn-end strings
     feed: list[int] = field(default_factory=list)  # ids to put into the cache at the next forward
     turn_start: int = 0
-    turns: int = 1
-    tool_calls: int = 0
-    tool_errors: int = 0
-    env_time_s: float = 0.0
-    future: Future | None = None  # the environment's step in flight
-    since: float = 0.0  # when it was submitted
-    done: bool = False
-    finished: bool = False  # ended by its environment (not by a limit)
-    reward_parts: tuple[tuple[str, float], ...] = ()
 
     @property
     def decoding(self) -> bool:
         return not self.done and self.future is None
+
+    def end(self, finished: bool) -> None:
+        EpisodeRecord.end(self, finished)  # (no zero-argument super() in a slotted dataclass)
+        self.feed = []
+
+    def observe(self, obs_ids: list[int]) -> None:
+        """An observation was appended: feed it after this turn's stop token (if not fed yet), open a turn."""
+        self.feed = self.feed + obs_ids
+        self.turn_start = len(self.ids)
+        if self.tail is not None:
+            self.tail.clear()
 
 
 @dataclass(slots=True)
@@ -225,65 +225,15 @@ class MultiTurnRolloutEngine:
         ends_turn = is_stop or (stops is not None and stops.completes(t.tail))
         limits = self.options.limits
         if ends_turn:
-            turn = self.options.decode(t.ids[t.turn_start:])
-            t.future, t.since = self._pool.submit(t.env.step, turn), time.perf_counter()
+            t.step_environment(self._pool, self.options.decode(t.ids[t.turn_start:]))
         elif len(t.ids) - t.turn_start >= params.max_new_tokens or len(t.ids) >= limits.max_tokens:
-            self._end(t, finished=False)
+            t.end(finished=False)
 
     def _collect_observations(self, wave: _Wave) -> None:
-        """Apply every environment answer that has arrived; a step past its bound ends its trajectory."""
-        now = time.perf_counter()
-        bound = self.options.limits.step_timeout_s
-        for t in self._rows(wave):
-            if t.future is None:
-                continue
-            if t.future.done() and t.future.exception() is not None:
-                # the contract says step never raises; one that does fails its own trajectory, not the run
-                t.tool_errors += 1
-                self._record_env_time(t, now - t.since)
-                self._end(t, finished=False)
-            elif t.future.done():
-                self._apply(t, t.future.result(), time.perf_counter() - t.since)
-            elif now - t.since > bound:
-                t.tool_errors += 1
-                self._record_env_time(t, now - t.since)
-                self._end(t, finished=False)
-
-    def _apply(self, t: _Trajectory, step: Observation | EpisodeEnd, elapsed: float) -> None:
-        self._record_env_time(t, elapsed)
-        t.future = None
-        if isinstance(step, EpisodeEnd):
-            t.reward_parts = tuple(sorted(step.reward_parts.items()))
-            self._end(t, finished=True)
-            return
-        t.tool_calls += step.tool_calls
-        t.tool_errors += step.tool_errors
-        obs_ids = self.options.encode(self.options.observation_format.format(text=step.text))
-        limits = self.options.limits
-        if t.turns >= limits.max_turns or len(t.ids) + len(obs_ids) >= limits.max_tokens:
-            self._end(t, finished=False)  # no room for another turn: the trajectory is cut here
-            return
-        t.ids += obs_ids
-        t.logps += [0.0] * len(obs_ids)
-        t.sampled += [False] * len(obs_ids)
-        t.feed = t.feed + obs_ids  # after this step's stop token, if it has not been fed yet
-        t.turns += 1
-        t.turn_start = len(t.ids)
-        if t.tail is not None:
-            t.tail.clear()
-
-    def _record_env_time(self, t: _Trajectory, elapsed: float) -> None:
-        t.env_time_s += elapsed
-
-    def _end(self, t: _Trajectory, finished: bool) -> None:
-        t.done, t.finished, t.feed, t.future = True, finished, [], None
+        collect_observations(self._rows(wave), self.options, lambda t, obs_ids: t.observe(obs_ids))
 
     def _wait_for_an_environment(self, wave: _Wave) -> None:
-        """No row has anything to compute: block until an environment answers (or the first bound passes)."""
-        pending = [t for t in self._rows(wave) if t.future is not None]
-        if pending:
-            left = self.options.limits.step_timeout_s - (time.perf_counter() - min(t.since for t in pending))
-            wait([t.future for t in pending], timeout=max(left, 0.0) + 1e-3, return_when=FIRST_COMPLETED)
+        wait_for_an_environment(self._rows(wave), self.options.limits.step_timeout_s)
 
     def _forward(self, wave: _Wave) -> None:
         """Feed every row its pending ids in one forward; rows with fewer (or none) get masked columns."""
@@ -338,12 +288,7 @@ class MultiTurnRolloutEngine:
                 layer.keys, layer.values = layer.keys[:, :, cols], layer.values[:, :, cols]
 
     def _group(self, wave: _Wave, b: int, version: int) -> RolloutGroup:
-        completions = []
-        for t in wave.trajectories[b * wave.G:(b + 1) * wave.G]:
-            episode = Episode(turns=t.turns, tool_calls=t.tool_calls, tool_errors=t.tool_errors,
-                              reward_parts=t.reward_parts, env_time_s=t.env_time_s)
-            completions.append(Completion(token_ids=list(t.ids), logprobs=list(t.logps), finished=t.finished,
-                                          sampled=list(t.sampled), episode=episode))
+        completions = [t.completion() for t in wave.trajectories[b * wave.G:(b + 1) * wave.G]]
         return RolloutGroup(prompt=wave.prompts[b], completions=completions, version=version)
 
 

@@ -75,7 +75,7 @@ from pathlib import Path
 import torch
 
 from engine.metrics import ROLLOUT_ENGINES, Span, append_engine_span
-from engine.rollout.base import SamplingParams
+from engine.rollout.base import ListSource, PromptSource, SamplingParams
 from engine.rollout.sampling import check_sampling_params
 from engine.rollout.vllm_lora import adapter_tensor_name, check_adapter, lora_request, max_lora_rank_for
 from engine.types import Completion, PromptItem, RolloutGroup
@@ -162,6 +162,7 @@ class VllmRolloutEngine:
         self._spans: deque[Span] = deque(maxlen=_MAX_SPANS)
         self._in_flight: set[str] = set()  # vLLM request ids of the running generate() call
         self._calls = itertools.count()
+        self._requests = itertools.count()
         self._shared: SharedWeights | None = None  # the shared-memory hand-over (multiprocess mode)
         self._lora_ids = itertools.count(1)  # vLLM adapter ids: one per sync, never reused (0 is not an id)
         self._lora = None  # the LoRARequest of `self.version` (lora_rank > 0, after the first sync)
@@ -230,8 +231,16 @@ class VllmRolloutEngine:
         self._engine.collective_rpc("load_shared_weights", kwargs={"manifest": self._shared.manifest})
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
-        """Yield one RolloutGroup per prompt, in the order the groups finish, stamped with `self.version`."""
+    @property
+    def max_batch_sequences(self) -> int:
+        """Sequences in flight at most (vLLM's max_num_seqs): a fleet sizes this engine's window from it."""
+        return self.options.max_num_seqs
+
+    def generate(self, prompts: Sequence[PromptItem] | PromptSource, params: SamplingParams) -> Iterator[RolloutGroup]:
+        """Yield one RolloutGroup per prompt, in the order the groups finish, stamped with `self.version`.
+        `prompts` may be a PromptSource (a fleet's dealer): prompts are then taken as groups finish, as many as
+        max_num_seqs / G rows take, until it is exhausted. A list is submitted whole (vLLM queues what does not
+        fit)."""
         if self._engine is None:
             raise RuntimeError("the vLLM rollout engine is closed")
         check_sampling_params(params)
@@ -239,37 +248,57 @@ class VllmRolloutEngine:
         if self.options.lora_rank and self._lora is None:
             raise RuntimeError("a vLLM engine serving LoRA adapters generates only after load_weights has given it "
                                "the adapters (before that it would sample the bare base model)")
-        for item in prompts:
-            if not item.prompt_ids:
-                raise ValueError(f"prompt {item.index} has no tokens: there is nothing to condition on")
-            if len(item.prompt_ids) + params.max_new_tokens > self.max_model_len:
-                # vLLM would silently cut the response at max_model_len, and the trainer see it as truncated.
-                raise ValueError(f"prompt {item.index}: {len(item.prompt_ids)} prompt tokens + max_new_tokens="
-                                 f"{params.max_new_tokens} exceed the vLLM engine's max_model_len={self.max_model_len}")
-        return self._generate(list(prompts), params)
+        if not hasattr(prompts, "take"):
+            prompts = list(prompts)
+            for item in prompts:  # a fixed list is checked whole, before anything is submitted
+                self._check_prompt(item, params)
+            return self._generate(ListSource(prompts), params, capacity=max(1, len(prompts)))
+        return self._generate(prompts, params, capacity=max(1, self.options.max_num_seqs // params.n))
 
-    def _generate(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
+    def _check_prompt(self, item: PromptItem, params: SamplingParams) -> None:
+        if not item.prompt_ids:
+            raise ValueError(f"prompt {item.index} has no tokens: there is nothing to condition on")
+        if len(item.prompt_ids) + params.max_new_tokens > self.max_model_len:
+            # vLLM would silently cut the response at max_model_len, and the trainer see it as truncated.
+            raise ValueError(f"prompt {item.index}: {len(item.prompt_ids)} prompt tokens + max_new_tokens="
+                             f"{params.max_new_tokens} exceed the vLLM engine's max_model_len={self.max_model_len}")
+
+    def _generate(self, source: PromptSource, params: SamplingParams, capacity: int) -> Iterator[RolloutGroup]:
+        """`capacity`: prompts in flight at most."""
         if self._in_flight:
             raise RuntimeError("generate() while another generate() call has requests in flight")
-        version, lora = self.version, self._lora
+        version, lora, call = self.version, self._lora, next(self._calls)
+        by_id: dict[str, PromptItem] = {}
+        exhausted = False
         try:
-            by_id = self._submit(prompts, params)
-            while self._in_flight:
+            while True:
+                if not exhausted and len(self._in_flight) < capacity:
+                    taken = source.take(capacity - len(self._in_flight), wait=not self._in_flight)
+                    exhausted = taken is None
+                    by_id |= self._submit(call, taken or [], params)
+                if not self._in_flight:
+                    if exhausted:
+                        return
+                    continue
                 with self._busy("generate"):
                     outputs = self._step_until_a_group_ends()
                 for out in outputs:  # outside the busy span: the consumer runs here
                     check_adapter(out, lora.lora_int_id if lora is not None else None, by_id[out.request_id].index)
-                    yield _make_group(by_id[out.request_id], out, version, params.n)
+                    yield _make_group(by_id.pop(out.request_id), out, version, params.n)
         finally:
             if self._in_flight:  # the consumer closed the generator early, or a request was refused
                 self._engine.abort_request(sorted(self._in_flight))
                 self._in_flight.clear()
 
-    def _submit(self, prompts: list[PromptItem], params: SamplingParams) -> dict[str, PromptItem]:
+    def _submit(self, call: int, prompts: list[PromptItem], params: SamplingParams) -> dict[str, PromptItem]:
+        """Add one request per prompt (id c<call>-<n>, n counting this engine's requests); returns them by id."""
         from vllm.inputs import TokensPrompt
 
-        call = next(self._calls)
-        ids = [f"c{call}-{b}" for b in range(len(prompts))]
+        if not prompts:
+            return {}
+        for item in prompts:
+            self._check_prompt(item, params)
+        ids = [f"c{call}-{next(self._requests)}" for _ in prompts]
         inputs = self._engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=p.prompt_ids) for p in prompts])
         with self._busy("generate"):
             for request_id, item, engine_input in zip(ids, prompts, inputs):

@@ -27,41 +27,33 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
-from engine.envs.base import EpisodeEnd, Observation
 from engine.rollout.base import SamplingParams
+from engine.rollout.episode import EpisodeRecord, collect_observations, wait_for_an_environment
 from engine.rollout.multiturn import MultiTurnOptions
 from engine.rollout.sampling import check_sampling_params
 from engine.rollout.vllm import (_SEED_BITS, VllmRolloutEngine, _check_one_policy, _splitmix64, check_logprobs_mode,
                                  request_seed)
 from engine.rollout.vllm_lora import check_adapter
-from engine.types import Completion, Episode, PromptItem, RolloutGroup
+from engine.types import PromptItem, RolloutGroup
 
 
 @dataclass(slots=True)
-class _Trajectory:
-    prompt: PromptItem
-    k: int  # which of the prompt's G samples
-    env: object  # the Environment
-    ids: list[int] = field(default_factory=list)
-    logps: list[float] = field(default_factory=list)
-    sampled: list[bool] = field(default_factory=list)
-    turns: int = 1
-    tool_calls: int = 0
-    tool_errors: int = 0
-    env_time_s: float = 0.0
-    future: Future | None = None  # the environment's step in flight
-    since: float = 0.0  # when it was submitted
+class _Trajectory(EpisodeRecord):
+    """The shared record (engine/rollout/episode.py) plus what this engine needs to request the next turn."""
+
+    prompt: PromptItem | None = None
+    k: int = 0  # which of the prompt's G samples
     ready: bool = True  # its next turn is to be requested
-    done: bool = False
-    finished: bool = False  # ended by its environment (not by a limit)
-    reward_parts: tuple[tuple[str, float], ...] = ()
+
+    def end(self, finished: bool) -> None:
+        EpisodeRecord.end(self, finished)  # (no zero-argument super() in a slotted dataclass)
+        self.ready = False
 
 
 def turn_seed(seed: int, index: int, k: int, turn: int) -> int:
@@ -125,8 +117,8 @@ class VllmMultiTurnEngine:
         if self._running or self.base._in_flight:
             raise RuntimeError("generate() while another generate() call has requests in flight")
         version, G, call = self.base.version, params.n, next(self._calls)
-        trajectories = [_Trajectory(p, k, self.options.environment(p.text, p.reference)) for p in prompts
-                        for k in range(G)]
+        trajectories = [_Trajectory(env=self.options.environment(p.text, p.reference), prompt=p, k=k)
+                        for p in prompts for k in range(G)]
         requests: dict[str, _Trajectory] = {}
         pending = set(range(len(prompts)))
         self._running = True
@@ -181,8 +173,8 @@ class VllmMultiTurnEngine:
                     self.base._in_flight.discard(out.request_id)
                     self._take_turn(requests.pop(out.request_id), out, version)
         else:
-            self._wait_for_an_environment(trajectories)
-        self._collect_observations(trajectories)
+            wait_for_an_environment(trajectories, self.options.limits.step_timeout_s)
+        collect_observations(trajectories, self.options, _request_next_turn)
 
     def _take_turn(self, t: _Trajectory, out, version: int) -> None:
         """Append a finished turn's sampled ids; a stop (id or turn-end string) hands the turn to the
@@ -195,61 +187,17 @@ class VllmMultiTurnEngine:
         t.logps += [float(step[token].logprob) for step, token in zip(sample.logprobs, tokens)]
         t.sampled += [True] * len(tokens)
         if sample.finish_reason != "stop":
-            self._end(t, finished=False)
+            t.end(finished=False)
             return
-        t.future, t.since = self._pool.submit(t.env.step, self.options.decode(tokens)), time.perf_counter()
-
-    def _collect_observations(self, trajectories: list[_Trajectory]) -> None:
-        """Apply every environment answer that has arrived; a step past its bound, or one that raised, ends its
-        trajectory (cut), as in the native multi-turn engine."""
-        now, bound = time.perf_counter(), self.options.limits.step_timeout_s
-        for t in trajectories:
-            if t.future is None:
-                continue
-            if t.future.done() and t.future.exception() is None:
-                self._apply(t, t.future.result(), time.perf_counter() - t.since)
-            elif t.future.done() or now - t.since > bound:
-                t.tool_errors += 1
-                t.env_time_s += now - t.since
-                self._end(t, finished=False)
-
-    def _apply(self, t: _Trajectory, step: Observation | EpisodeEnd, elapsed: float) -> None:
-        t.env_time_s += elapsed
-        t.future = None
-        if isinstance(step, EpisodeEnd):
-            t.reward_parts = tuple(sorted(step.reward_parts.items()))
-            self._end(t, finished=True)
-            return
-        t.tool_calls += step.tool_calls
-        t.tool_errors += step.tool_errors
-        obs_ids = self.options.encode(self.options.observation_format.format(text=step.text))
-        limits = self.options.limits
-        if t.turns >= limits.max_turns or len(t.ids) + len(obs_ids) >= limits.max_tokens:
-            self._end(t, finished=False)  # no room for another turn: the trajectory is cut here
-            return
-        t.ids += obs_ids
-        t.logps += [0.0] * len(obs_ids)
-        t.sampled += [False] * len(obs_ids)
-        t.turns += 1
-        t.ready = True
-
-    def _end(self, t: _Trajectory, finished: bool) -> None:
-        t.done, t.finished, t.future, t.ready = True, finished, None, False
-
-    def _wait_for_an_environment(self, trajectories: list[_Trajectory]) -> None:
-        pending = [t for t in trajectories if t.future is not None]
-        if pending:
-            left = self.options.limits.step_timeout_s - (time.perf_counter() - min(t.since for t in pending))
-            wait([t.future for t in pending], timeout=max(left, 0.0) + 1e-3, return_when=FIRST_COMPLETED)
+        t.step_environment(self._pool, self.options.decode(tokens))
 
     def _group(self, prompt: PromptItem, trajectories: list[_Trajectory], version: int) -> RolloutGroup:
-        completions = []
-        for t in trajectories:
-            episode = Episode(turns=t.turns, tool_calls=t.tool_calls, tool_errors=t.tool_errors,
-                              reward_parts=t.reward_parts, env_time_s=t.env_time_s)
-            completions.append(Completion(token_ids=list(t.ids), logprobs=list(t.logps), finished=t.finished,
-                                          sampled=list(t.sampled), episode=episode))
-        return RolloutGroup(prompt=prompt, completions=completions, version=version)
+        return RolloutGroup(prompt=prompt, completions=[t.completion() for t in trajectories], version=version)
+
+
+def _request_next_turn(t: _Trajectory, obs_ids: list[int]) -> None:
+    """An observation was appended: the next turn is requested over prompt + everything so far."""
+    t.ready = True
 
 
 def vllm_multiturn_engine(base: VllmRolloutEngine, env, tokenizer) -> VllmMultiTurnEngine:

@@ -4,6 +4,7 @@ A trajectory is prompt + [turn_1 | observation_1 | turn_2 | ...]; `Completion.sa
 policy sampled. The packed shared-prompt layout must give the sampled tokens the log-probs of one plain forward
 over the concatenated tokens (float64), and no loss may reach the logits that predict an observation token.
 """
+import pytest
 import torch
 
 from engine.config import AlgorithmConfig, OptimConfig
@@ -45,8 +46,13 @@ def test_packed_multiturn_logprobs_equal_a_plain_forward(tiny_model_dir):
     assert out.ref_logp_N.shape == out.entropy_N.shape == out.rollout_logp_N.shape == out.logp_N.shape
 
 
-def test_observation_logits_get_zero_gradient(tiny_model_dir):
-    trainer = make_trainer(tiny_model_dir, dtype="float64", kl_coef=0.1,
+# float64 one process, and what accelerator runs use: bf16 compute with gradient checkpointing
+USERS_CONFIGS = [("float64", False), ("bfloat16", True)]
+
+
+@pytest.mark.parametrize("dtype, checkpointing", USERS_CONFIGS, ids=["float64", "bf16_checkpointed"])
+def test_observation_logits_get_zero_gradient(tiny_model_dir, dtype, checkpointing):
+    trainer = make_trainer(tiny_model_dir, dtype=dtype, kl_coef=0.1, gradient_checkpointing=checkpointing,
                            algo=AlgorithmConfig(kl_coef=0.1, loss_aggregation="seq_mean"))
     actor = trainer.trimodel.actor
     group = _group(actor.config.vocab_size)
@@ -84,3 +90,16 @@ def test_token_mean_divides_by_the_sampled_tokens(tiny_model_dir):
              for c, adv in zip(group.completions, group.advantages_G.double())]
     expected = gradients(actor, -torch.stack(terms).sum() / sum(c.num_sampled for c in group.completions))
     assert max_rel_diff(grads_of(trainer), expected) < EXACT_RTOL
+
+
+def test_bf16_checkpointed_multiturn_gradients_are_a_plain_backwards(tiny_model_dir):
+    """Checkpointing recomputes each layer over the packed multi-turn row (observations, holes and all): the
+    gradients are those of the plain bf16 backward, bit for bit (the same ops on the same values)."""
+    grads = {}
+    for checkpointing in (False, True):
+        trainer = make_trainer(tiny_model_dir, dtype="bfloat16", kl_coef=0.1, gradient_checkpointing=checkpointing)
+        assert trainer.trimodel.actor.is_gradient_checkpointing == checkpointing
+        trainer.accumulate([_group(trainer.trimodel.actor.config.vocab_size)])
+        grads[checkpointing] = {n: p.grad.clone() for n, p in trainer.trimodel.actor.named_parameters()}
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=0, atol=0, msg=name)

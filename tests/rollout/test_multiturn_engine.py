@@ -6,17 +6,16 @@ re-tokenization; a prompt's trajectories do not depend on its batch; environment
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from engine.envs.base import EnvLimits, EpisodeEnd, Observation
+from engine.envs.base import EnvLimits
 from engine.rollout.base import SamplingParams
 from engine.rollout.multiturn import MultiTurnOptions, MultiTurnRolloutEngine
 from engine.rollout.native import NativeRolloutEngine
 from engine.types import PromptItem
+from helpers import ScriptedEnv
 
 CPU = torch.device("cpu")
 VOCAB, EOS, PAD = 96, 1, 0
@@ -39,21 +38,6 @@ def encode(text: str) -> list[int]:
 
 def decode(ids: list[int]) -> str:
     return "".join(f"<{i}>" for i in ids)
-
-
-class ScriptedEnv:
-    """Answers `turns - 1` observations of varied length, then ends; optionally slow."""
-
-    def __init__(self, prompt_text: str, reference: str, turns: int = 3, delay_s: float = 0.0):
-        self.turns_left, self.delay_s, self.calls = turns - 1, delay_s, 0
-
-    def step(self, turn: str):
-        time.sleep(self.delay_s)
-        if self.turns_left == 0:
-            return EpisodeEnd({"bonus": 0.5})
-        self.turns_left -= 1
-        self.calls += 1
-        return Observation(text="r" * (1 + 3 * self.calls), tool_calls=1)
 
 
 def engine_for(model, factory=ScriptedEnv, limits=EnvLimits(max_turns=4, max_tokens=200), batch=64):

@@ -8,16 +8,15 @@ single-letter turn-end strings); needs vllm (`.venv-vllm`). At most one vLLM eng
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
-from engine.envs.base import EnvLimits, EpisodeEnd, Observation
+from engine.envs.base import EnvLimits
 from engine.rollout.base import SamplingParams
 from engine.rollout.multiturn import MultiTurnOptions
 from engine.rollout.vllm_multiturn import turn_seed
 from engine.types import PromptItem
+from helpers import ScriptedEnv
 
 PARITY_TOL = 1e-4  # the single-turn vLLM parity bound (tests/rollout/test_vllm_engine.py)
 TURN_ENDS = tuple(range(100, 164))  # a quarter of the 256 ids: turns end after a few tokens
@@ -25,21 +24,6 @@ PARAMS = SamplingParams(n=3, max_new_tokens=12, temperature=1.0, stop_token_ids=
 PROMPTS = [PromptItem(index=i, prompt_ids=ids, reference="", text=f"p{i}")
            for i, ids in enumerate([[5, 6, 7, 8, 40], [9, 10, 11], [50, 51, 52, 53, 54, 55, 56], [60, 61]])]
 FORMAT = "{text}!"
-
-
-class ScriptedEnv:
-    """Answers `turns - 1` observations of growing length, then ends; optionally slow."""
-
-    def __init__(self, prompt_text: str, reference: str, turns: int = 3, delay_s: float = 0.0):
-        self.turns_left, self.delay_s, self.calls = turns - 1, delay_s, 0
-
-    def step(self, turn: str):
-        time.sleep(self.delay_s)
-        if self.turns_left == 0:
-            return EpisodeEnd({"bonus": 0.5})
-        self.turns_left -= 1
-        self.calls += 1
-        return Observation(text="r" * (1 + 3 * self.calls), tool_calls=1)
 
 
 def test_turn_seeds_differ_by_sample_and_turn_only():

@@ -1,8 +1,11 @@
 """The colocated fleet of a torchrun launch: every rank's device generates, rank 0's controller deals.
 
-Each rank holds a native engine with a compute-dtype copy of the policy on its own device. The weights reach
-it at every sync from the full tensors the rank gathers anyway (each `full_tensor()` is a collective every
-rank makes): no extra broadcast. Prompts and groups travel over the control plane (engine/parallel/control.py)
+Each rank holds an engine on its own device: native, with a compute-dtype copy of the policy, or vLLM in its
+own processes (engine/rollout/vllm.py). The weights reach it at every sync from the full tensors the rank
+gathers anyway (each `full_tensor()` is a collective every rank makes): no extra broadcast. An engine here
+must take a PromptSource in `generate` (both do) and say its `max_batch_sequences`.
+
+Prompts and groups travel over the control plane (engine/parallel/control.py)
 in the messages of the split fleet (engine/rollout/fleet/messages.py):
 
     rank 0: RankFleet (controller's thread)                rank r > 0: follow() (engine/parallel/spmd.py)
@@ -43,12 +46,11 @@ import torch
 from engine import metrics as M
 from engine.metrics import Span
 from engine.parallel.control import ControlPlane
-from engine.rollout.base import SamplingParams
+from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.rollout.fleet.dealer import Dealer, share_window
 from engine.rollout.fleet.messages import EndPrompts, Generate, GenerateDone, GroupReady, Prompts, Refused
 from engine.rollout.fleet.process import RolloutWorkerError, WeightVersionError
 from engine.rollout.fleet.worker import RequestSource
-from engine.rollout.native import NativeRolloutEngine
 from engine.rollout.sampling import check_sampling_params
 from engine.types import PromptItem, RolloutGroup
 
@@ -94,7 +96,7 @@ class LocalSource:
 class RankFleet:
     """RolloutEngine (engine/rollout/base.py) over rank 0's engine and one engine per follower rank."""
 
-    def __init__(self, local: NativeRolloutEngine, control: ControlPlane, world_size: int, *, in_flight: int,
+    def __init__(self, local: RolloutEngine, control: ControlPlane, world_size: int, *, in_flight: int,
                  stall_timeout_s: float, peer_timeout_s: float, fleet_file: Path | None = None,
                  engines: list[dict] | None = None) -> None:
         """`in_flight`: prompts an engine may hold (0: as many as its rows take, `max_batch_sequences / n`, so
@@ -251,7 +253,7 @@ class RankFleet:
                 yield item
 
 
-def serve_generate(engine: NativeRolloutEngine, control: ControlPlane, request: Generate, timeout_s: float) -> None:
+def serve_generate(engine: RolloutEngine, control: ControlPlane, request: Generate, timeout_s: float) -> None:
     """Follower side of one request: generate its prompts and those dealt later, send each group as it
     finishes, then GenerateDone with the engine's spans relative to the request's receipt."""
     received_at = time.perf_counter()

@@ -15,6 +15,11 @@ A server that fails a request (connection refused, HTTP error, no answer within 
 dropped for the rest of the run: its unfinished prompts are dealt to the others with the same per-prompt
 seeds, and `rollout/redispatched_prompts` counts them. With no server left the run stops with one line.
 
+Elastic (`rollout.servers_file`): the file of URLs is read again before every weight sync. A URL new to the
+fleet (or one dropped earlier and listed again, say after a restart) joins: it gets that sync's weights like
+the others, so it is on the current version before it is dealt a prompt. A URL no longer listed leaves.
+`rollout/joined_engines` counts the joins; fleet.json lists every server the run has had.
+
 On-policy: a server is dealt prompts only when its `/weight_info` reads the version the trainer last sent,
 so a server that missed an update is never used silently. The servers must run with
 `--logprobs-mode processed_logprobs` (log-probs after temperature, as the trainer's); the controller's
@@ -52,7 +57,7 @@ class NoServerLeft(RuntimeError):
     pass
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)  # hashed by identity: a server that rejoins gets a new client (and transfer group)
 class ServerClient:
     """One vLLM server's HTTP API: the completions route and the weight routes this engine reads."""
 
@@ -138,21 +143,49 @@ class _Server:
         return f"rollout-{self.id}"
 
 
+def read_servers_file(path: Path) -> list[str]:
+    """The URLs of a rollout.servers_file: one per line; blank lines and # comments skipped; duplicates once."""
+    from engine.config import is_server_url
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise FileNotFoundError(f"rollout.servers_file: cannot read {path}: {exc.strerror or exc}") from None
+    urls = []
+    for number, line in enumerate(lines, 1):
+        url = line.split("#", 1)[0].strip()
+        if url and not is_server_url(url):
+            raise ValueError(f"rollout.servers_file: {path} line {number}: expected an http(s)://host:port URL, "
+                             f"got {url!r}")
+        if url and url not in urls:
+            urls.append(url)
+    return urls
+
+
 class ServerFleet:
-    """A RolloutEngine over vLLM servers. `transfer(named_tensors, version)` moves the weights (one call per
-    server); without it the fleet can generate only with the servers' loaded weights (version 0)."""
+    """A RolloutEngine over vLLM servers. `transfer(client, named_tensors, version)` moves the weights (one call
+    per server); without it the fleet can generate only with the servers' loaded weights (version 0).
+    `servers_file` (instead of `urls`): the membership is that file's, read again at every load_weights."""
 
     def __init__(self, urls: Sequence[str], eos_token_id: int, *, window: int, request_timeout_s: float,
-                 transfer=None, fleet_file: Path | None = None) -> None:
-        self.servers = [_Server(i, ServerClient(url, request_timeout_s)) for i, url in enumerate(urls)]
+                 transfer=None, fleet_file: Path | None = None, servers_file: Path | None = None) -> None:
+        self.servers: list[_Server] = []
         self.eos_token_id, self.window, self.transfer = eos_token_id, window, transfer
-        self.fleet_file = fleet_file
+        self.request_timeout_s, self.servers_file, self.fleet_file = request_timeout_s, servers_file, fleet_file
         self.version = 0
-        self._redispatched = 0
+        self._redispatched = self._joined = 0
+        self._lock = threading.Lock()  # the counters, bumped from request threads
         self._t0 = time.perf_counter()
+        for url in read_servers_file(servers_file) if servers_file else urls:
+            self._add(url)
+        if not self.servers:
+            raise NoServerLeft(f"rollout.servers_file: {servers_file} lists no server")
+        self._joined = 0  # the first members did not join: they started the run
 
     # ------------------------------------------------------------------ RolloutEngine
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        if self.servers_file is not None:
+            self._follow_servers_file()
         if self.transfer is None:
             if version != self.version:
                 raise NoServerLeft(f"rollout.servers: weights version {version} cannot reach the servers: no weight "
@@ -188,8 +221,10 @@ class ServerFleet:
         return spans
 
     def metrics(self) -> dict[str, float]:
-        redispatched, self._redispatched = self._redispatched, 0
-        return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched)}
+        with self._lock:
+            (redispatched, joined), self._redispatched, self._joined = (self._redispatched, self._joined), 0, 0
+        return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched),
+                M.JOINED_ENGINES: float(joined)}
 
     def close(self) -> None:
         """The servers are not ours: they keep running."""
@@ -202,6 +237,22 @@ class ServerFleet:
     # ------------------------------------------------------------------ internals
     def _live(self) -> list[_Server]:
         return [s for s in self.servers if s.alive]
+
+    def _add(self, url: str) -> None:
+        self.servers.append(_Server(len(self.servers), ServerClient(url, self.request_timeout_s)))
+        with self._lock:
+            self._joined += 1
+
+    def _follow_servers_file(self) -> None:
+        """Between iterations: listed URLs that are not live join (as new members), live ones not listed leave."""
+        listed = read_servers_file(self.servers_file)
+        live = {s.client.url: s for s in self._live()}
+        for url, server in live.items():
+            if url not in listed:
+                self._drop(server, f"left: no longer in {self.servers_file}")
+        for url in listed:
+            if url not in live:
+                self._add(url)
 
     def _check_version(self, server: _Server) -> None:
         if self.transfer is None:
@@ -229,7 +280,8 @@ class ServerFleet:
                 completions = server.client.complete(prompt, call.params, self.eos_token_id)
             except ServerError as exc:
                 self._drop(server, str(exc))
-                self._redispatched += len(call.dealer.reclaim(me))
+                with self._lock:
+                    self._redispatched += len(call.dealer.reclaim(me))
                 call.out.put(None)  # wake the stream: it checks whether anyone is left
                 return
             server.spans.append(M.Span(server.lane, "generate", start - self._t0, time.perf_counter() - self._t0))
@@ -274,11 +326,11 @@ class NcclServerTransfer:
 
     def __init__(self, address: str, port: int, device: torch.device) -> None:
         self.address, self.port, self.device = address, port, device
-        self._engines: dict[str, object] = {}
+        self._engines: dict[ServerClient, object] = {}  # a rejoining server is a new client: a new group, port
         self._source = None
 
     def __call__(self, client: ServerClient, tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
-        engine = self._engines.get(client.url) or self._open(client, len(self._engines))
+        engine = self._engines.get(client) or self._open(client, len(self._engines))
         self._source.tensors = [(name, t.to(self.device)) for name, t in tensors]
         engine.send_weights()
         client.post("update_weight_version", {"new_version": str(version)})
@@ -304,5 +356,5 @@ class NcclServerTransfer:
                                    world_size=1 + workers, rank=0)
         engine = NCCLTrainerWeightTransferEngine.trainer_init(
             info, client=HTTPVLLMWeightSyncClient(client.url, client.timeout_s), source=self._source)
-        self._engines[client.url] = engine
+        self._engines[client] = engine
         return engine

@@ -10,7 +10,8 @@ import pytest
 from engine import metrics as M
 from engine.config import ConfigError, load_config
 from engine.rollout.base import SamplingParams
-from engine.rollout.fleet.servers import NoServerLeft, ServerError, ServerFleet, completion_request, parse_choices
+from engine.rollout.fleet.servers import (NoServerLeft, ServerError, ServerFleet, completion_request, parse_choices,
+                                         read_servers_file)
 from engine.types import PromptItem
 
 
@@ -131,6 +132,61 @@ def test_without_a_transfer_a_new_version_is_refused(servers):
         fleet.load_weights([], 1)
 
 
+def _versioning(client, tensors, version):  # a weight transfer that works: the server reports the new version
+    client.post("update_weight_version", {"new_version": str(version)})
+
+
+def test_a_server_listed_in_the_servers_file_joins_at_the_next_sync_on_the_current_version(servers, tmp_path):
+    first, late = servers(), servers()
+    listing = tmp_path / "servers.txt"
+    listing.write_text(f"# the fleet\n{first.url}\n")
+    fleet = _fleet([], transfer=_versioning, servers_file=listing, fleet_file=tmp_path / "fleet.json")
+    fleet.load_weights([], 1)
+    assert _groups(fleet) == _groups(_fleet([servers()])) and late.requests == 0
+    assert fleet.metrics()[M.JOINED_ENGINES] == 0.0  # the first members started the run
+    listing.write_text(f"{first.url}\n\n{late.url}  # joined at iteration 2\n")
+    assert late.version is None  # listed, but not a member before the sync
+    fleet.load_weights([], 2)
+    assert late.version == "2"  # synced to the current version before it is dealt a prompt
+    groups = _groups(fleet)
+    assert late.requests > 0 and first.requests > 10  # both generate the second iteration
+    assert groups == _groups(_fleet([servers()]))  # per-prompt seeds: the join changes no sample
+    metrics = fleet.metrics()
+    assert metrics[M.ROLLOUT_ENGINES] == 2.0 and metrics[M.JOINED_ENGINES] == 1.0
+    rows = json.loads((tmp_path / "fleet.json").read_text())["engines"]
+    assert [(r["url"], r["alive"]) for r in rows] == [(first.url, True), (late.url, True)]
+
+
+def test_a_server_removed_from_the_servers_file_leaves_and_a_relisted_one_rejoins(servers, tmp_path):
+    a, b = servers(), servers()
+    listing = tmp_path / "servers.txt"
+    listing.write_text(f"{a.url}\n{b.url}\n")
+    fleet = _fleet([], transfer=_versioning, servers_file=listing)
+    fleet.load_weights([], 1)
+    listing.write_text(f"{a.url}\n")
+    fleet.load_weights([], 2)
+    before = b.requests
+    _groups(fleet)
+    assert b.requests == before and fleet.metrics()[M.ROLLOUT_ENGINES] == 1.0  # b left: no prompt reached it
+    assert "no longer in" in fleet.servers[1].lost
+    listing.write_text(f"{a.url}\n{b.url}\n")
+    fleet.load_weights([], 3)
+    _groups(fleet)
+    assert b.version == "3" and b.requests > before and fleet.metrics()[M.JOINED_ENGINES] == 1.0
+
+
+def test_servers_file_errors_name_the_file_and_line(tmp_path):
+    listing = tmp_path / "servers.txt"
+    listing.write_text("http://a:8000\nb:8000\n")
+    with pytest.raises(ValueError, match=r"servers.txt line 2: expected an http\(s\)://host:port URL, got 'b:8000'"):
+        read_servers_file(listing)
+    with pytest.raises(FileNotFoundError, match="rollout.servers_file: cannot read .*missing.txt"):
+        read_servers_file(tmp_path / "missing.txt")
+    listing.write_text("# nobody yet\n")
+    with pytest.raises(NoServerLeft, match="lists no server"):
+        _fleet([], servers_file=listing)
+
+
 def test_request_and_answer_follow_vllms_completions_api():
     body = completion_request(PROMPTS[3], PARAMS, eos_token_id=2)
     assert body["prompt"] == [4, 7] and body["n"] == 4 and body["return_token_ids"] and body["logprobs"] == 0
@@ -156,3 +212,9 @@ def test_server_config_errors_name_the_key():
         load_config(None, ["model.path=x", "rollout.servers=[http://a:8000]", "rollout.server_sync=h:1"])
     ok = load_config(None, base + ["rollout.servers=[http://a:8000,http://b:8000]", "rollout.server_sync=h:29600"])
     assert ok.rollout.servers == ["http://a:8000", "http://b:8000"]
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(None, base + ["rollout.servers=[http://a:8000]", "rollout.servers_file=s.txt",
+                                  "rollout.server_sync=h:1"])
+    with pytest.raises(ConfigError, match="needed with rollout.servers_file"):
+        load_config(None, base + ["rollout.servers_file=s.txt"])
+    assert load_config(None, base + ["rollout.servers_file=s.txt", "rollout.server_sync=h:1"]).rollout.uses_servers
