@@ -8,12 +8,17 @@ not depend on which rank's engine drew it (per-request seeds: the first iteratio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from test_spmd import _overrides, launch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+TESTS = Path(__file__).resolve().parents[1]
+RUN = {"model.dtype": "float32", "rollout.engine": "vllm", "run.iterations": 2, "run.checkpoint_every": 0,
+       "rollout.prompts_per_iteration": 6, "rollout.max_batch_sequences": 8, "eval.before": "false",
+       "eval.after": "false", "rollout.vllm.kv_cache_gib": 0.25}
 
 
 def _metrics(out) -> list[dict]:
@@ -22,11 +27,8 @@ def _metrics(out) -> list[dict]:
 
 
 def test_every_rank_generates_with_its_own_vllm_engine(vllm_model_dir, tmp_path):
-    extra = {"model.dtype": "float32", "rollout.engine": "vllm", "run.iterations": 2, "run.checkpoint_every": 0,
-             "rollout.prompts_per_iteration": 6, "rollout.max_batch_sequences": 8, "eval.before": "false",
-             "eval.after": "false", "rollout.vllm.kv_cache_gib": 0.25}
     for nproc in (1, 2):
-        launch(nproc, _overrides(vllm_model_dir, tmp_path / str(nproc), **extra), tmp_path / f"logs{nproc}")
+        launch(nproc, _overrides(vllm_model_dir, tmp_path / str(nproc), **RUN), tmp_path / f"logs{nproc}")
     one, two = _metrics(tmp_path / "1"), _metrics(tmp_path / "2")
     assert [line["rollout/engines"] for line in two] == [2, 2]
     busy = [[line.get(f"rollout/busy_s/rollout-{rank}", 0.0) for rank in (0, 1)] for line in two]
@@ -38,3 +40,19 @@ def test_every_rank_generates_with_its_own_vllm_engine(vllm_model_dir, tmp_path)
     rows = json.loads((tmp_path / "2" / "t" / "fleet.json").read_text())["engines"]
     assert [(r["id"], r["engine"], r["version"]) for r in rows] == [(0, "vllm", 1), (1, "vllm", 1)]  # last sync
     assert rows[0]["pid"] != rows[1]["pid"]
+
+
+def test_every_ranks_vllm_engine_serves_the_synced_lora_adapters(vllm_model_dir, tmp_path):
+    """model.lora: each rank's vLLM engine gets the gathered adapters alone at every sync, as vLLM LoRA requests;
+    its log-probs after the sync are the trainer's base + adapters (a rank serving stale adapters would differ)."""
+    lora = {"model.lora.rank": 4, "algorithm.kl_coef": 0.05, "reward.functions": "[test_lora:even_length_reward]"}
+    launch(2, _overrides(vllm_model_dir, tmp_path, **RUN, **lora), tmp_path / "logs", pythonpath=(TESTS,))
+    lines = _metrics(tmp_path)
+    assert [line["rollout/engines"] for line in lines] == [2, 2]
+    assert all(line["rollout/busy_s/rollout-1"] > 0 for line in lines)
+    assert all(line["policy/logprob_diff_max"] < 1e-3 for line in lines)
+    from test_lora import lora_actor
+
+    from engine.lora import trainable_bytes
+
+    assert [line["sync/bytes"] for line in lines] == [trainable_bytes(lora_actor(vllm_model_dir))] * 2
