@@ -224,7 +224,7 @@ class ServerFleet:
         with self._lock:
             (redispatched, joined), self._redispatched, self._joined = (self._redispatched, self._joined), 0, 0
         return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched),
-                M.JOINED_ENGINES: float(joined)}
+                M.JOINED_ENGINES: float(joined), **M.engine_busy(s for server in self.servers for s in server.spans)}
 
     def close(self) -> None:
         """The servers are not ours: they keep running."""

@@ -153,6 +153,7 @@ def test_a_server_listed_in_the_servers_file_joins_at_the_next_sync_on_the_curre
     assert groups == _groups(_fleet([servers()]))  # per-prompt seeds: the join changes no sample
     metrics = fleet.metrics()
     assert metrics[M.ROLLOUT_ENGINES] == 2.0 and metrics[M.JOINED_ENGINES] == 1.0
+    assert metrics[M.ENGINE_BUSY_PREFIX + "rollout-0"] > 0 and metrics[M.ENGINE_BUSY_PREFIX + "rollout-1"] > 0
     rows = json.loads((tmp_path / "fleet.json").read_text())["engines"]
     assert [(r["url"], r["alive"]) for r in rows] == [(first.url, True), (late.url, True)]
 
