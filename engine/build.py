@@ -26,8 +26,9 @@ from engine.parallel.loading import empty_rollout_copy, load_sharded_actor, shar
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
-from engine.rollout.fleet.fleet import FLEET_FILE, Fleet
+from engine.rollout.fleet.fleet import Fleet
 from engine.rollout.fleet.ranks import RankFleet, serve_generate
+from engine.rollout.fleet.roster import FLEET_FILE
 from engine.rollout.fleet.servers import NcclServerTransfer, ServerFleet
 from engine.rollout.fleet.transports import make_transport
 from engine.rollout.fleet.worker import WorkerSpec

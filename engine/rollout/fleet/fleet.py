@@ -22,8 +22,6 @@ Every wait is bounded: start-up, acks (sync_timeout_s), generation (stall_timeou
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import queue
 import socket
 import threading
@@ -39,17 +37,14 @@ from engine import metrics as M
 from engine.metrics import Span
 from engine.rollout.base import SamplingParams
 from engine.rollout.fleet.dealer import Dealer
-from engine.rollout.fleet.messages import (EndPrompts, Failed, Generate, GenerateDone, GroupReady, LoadWeights, Prompts,
-                                           Refused, WeightsLoaded)
-from engine.rollout.fleet.process import (POLL_S, STARTUP_TIMEOUT_S, Closed, RolloutWorkerDied, RolloutWorkerError,
+from engine.rollout.fleet.messages import EndPrompts, Failed, Generate, GenerateDone, GroupReady, Prompts, Refused
+from engine.rollout.fleet.process import (POLL_S, Closed, RolloutWorkerDied, RolloutWorkerError,
                                           WeightSyncTimeout, WeightVersionError, WorkerProcess)
+from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.fleet.transports import WeightSyncTransport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout.sampling import check_sampling_params
 from engine.types import PromptItem, RolloutGroup
-
-
-FLEET_FILE = "fleet.json"  # in the run folder
 
 
 class NoRolloutEngineLeft(RolloutWorkerError):
@@ -182,11 +177,9 @@ class Fleet:
 
     def _sync(self, member: Member, version: int) -> None:
         """Tell `member` the transport holds `version`; wait for its ack (it is dropped if none comes)."""
-        doing = f"loading weights version {version}"
         try:
-            self._await_ready(member)
-            member.process.send(LoadWeights(version), doing)
-            reply = member.process.receive(doing, time.perf_counter() + self.sync_timeout_s)
+            member.process.await_ready(f"rollout worker {member.id}")
+            reply = member.process.load_weights(version, self.sync_timeout_s, f"rollout worker {member.id}")
         except TimeoutError:
             self._drop(member, f"did not acknowledge weights version {version} within "
                                f"pipeline.sync_timeout_s={self.sync_timeout_s:g}s")
@@ -196,21 +189,8 @@ class Fleet:
         except RolloutWorkerDied as died:
             self._drop(member, str(died))
             return
-        if not isinstance(reply, WeightsLoaded) or reply.version != version:
-            raise WeightVersionError(f"weight sync: sent version {version}, rollout worker {member.id} answered "
-                                     f"{reply}")
         member.spans.extend(s._replace(lane=member.lane) for s in reply.spans)
         member.version = version
-
-    def _await_ready(self, member: Member) -> None:
-        if member.process.ready:
-            return
-        try:
-            member.process.receive("starting up (loading the model)", time.perf_counter() + STARTUP_TIMEOUT_S)
-        except TimeoutError:
-            raise RolloutWorkerError(f"rollout worker {member.id} (pid {member.process.pid}) did not start within "
-                                     f"{STARTUP_TIMEOUT_S:g}s") from None
-        member.process.ready = True
 
     def _drop(self, member: Member, why: str) -> None:
         """`member` is out: its unfinished prompts go to the live workers with room."""
@@ -357,14 +337,10 @@ class Fleet:
         return True
 
     def _write_fleet_file(self) -> None:
-        if self.fleet_file is None or not self.fleet_file.parent.is_dir():
-            return
-        rows = [{"id": m.id, "kind": "worker", "host": socket.gethostname(), "device": m.spec.device,
-                 "pid": m.process.pid if m.process else None, "engine": "native", "version": m.version,
-                 "alive": m.alive, "restarts": m.restarts} for m in self.members]
-        tmp = self.fleet_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"engines": rows}, indent=2) + "\n")
-        os.replace(tmp, self.fleet_file)
+        write_fleet_file(self.fleet_file, [
+            {"id": m.id, "kind": "worker", "host": socket.gethostname(), "device": m.spec.device,
+             "pid": m.process.pid if m.process else None, "engine": "native", "version": m.version,
+             "alive": m.alive, "restarts": m.restarts} for m in self.members])
 
 
 def _stop_all(members: list[Member]) -> None:

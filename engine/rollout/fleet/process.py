@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch.multiprocessing as tmp
 
-from engine.rollout.fleet.messages import Alive, Failed, Shutdown
+from engine.rollout.fleet.messages import Alive, Failed, LoadWeights, Shutdown, WeightsLoaded
 from engine.rollout.fleet.transports import WeightReceiver
 from engine.rollout.fleet.worker import WorkerSpec, worker_main
 
@@ -112,6 +112,26 @@ class WorkerProcess:
                 raise RolloutWorkerError(f"the rollout worker (pid {self.pid}) failed in {message.where} while "
                                          f"{doing}:\n{message.traceback}")
             return message
+
+    def await_ready(self, who: str) -> None:
+        """Wait for the worker's Ready (its model loaded), at most STARTUP_TIMEOUT_S."""
+        if self.ready:
+            return
+        try:
+            self.receive("starting up (loading the model)", time.perf_counter() + STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            raise RolloutWorkerError(f"{who} (pid {self.pid}) did not start within {STARTUP_TIMEOUT_S:g}s") from None
+        self.ready = True
+
+    def load_weights(self, version: int, timeout_s: float, who: str) -> WeightsLoaded:
+        """Tell the worker the transport holds `version` and return its acknowledgement: TimeoutError past
+        `timeout_s`, RolloutWorkerDied if it dies, WeightVersionError if it acknowledges anything else."""
+        doing = f"loading weights version {version}"
+        self.send(LoadWeights(version), doing)
+        reply = self.receive(doing, time.perf_counter() + timeout_s)
+        if not isinstance(reply, WeightsLoaded) or reply.version != version:
+            raise WeightVersionError(f"weight sync: sent version {version}, {who} answered {reply}")
+        return reply
 
     def stalled_for(self) -> float:
         """Seconds since the worker's decode steps last advanced (or it was last given work)."""

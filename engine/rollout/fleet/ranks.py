@@ -32,8 +32,6 @@ may be on hosts with unrelated clocks); lane `rollout-<rank>`.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import queue
 import threading
 import time
@@ -50,6 +48,7 @@ from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.rollout.fleet.dealer import Dealer, share_window
 from engine.rollout.fleet.messages import EndPrompts, Generate, GenerateDone, GroupReady, Prompts, Refused
 from engine.rollout.fleet.process import RolloutWorkerError, WeightVersionError
+from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.fleet.worker import RequestSource
 from engine.rollout.sampling import check_sampling_params
 from engine.types import PromptItem, RolloutGroup
@@ -123,12 +122,7 @@ class RankFleet:
     def _write_fleet_file(self) -> None:
         """runs/<name>/fleet.json: every rank's engine at the version just synced (a follower that dies stops
         the job, so every listed engine is alive while the run is)."""
-        if self.fleet_file is None or not self.fleet_file.parent.is_dir():
-            return
-        rows = [{**row, "version": self.version, "alive": True} for row in self.engines]
-        tmp = self.fleet_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"engines": rows}, indent=2) + "\n")
-        os.replace(tmp, self.fleet_file)
+        write_fleet_file(self.fleet_file, [{**row, "version": self.version, "alive": True} for row in self.engines])
 
     def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
         """Deal `prompts` now (rank 0's engine its window first, then each follower its own); the iterator

@@ -28,7 +28,6 @@ so a server that missed an update is never used silently. The servers must run w
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -43,6 +42,7 @@ import torch
 from engine import metrics as M
 from engine.rollout.base import SamplingParams
 from engine.rollout.fleet.dealer import Dealer
+from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.sampling import check_sampling_params
 from engine.types import Completion, PromptItem, RolloutGroup
 
@@ -307,11 +307,7 @@ class ServerFleet:
         self._write_fleet_file()
 
     def _write_fleet_file(self) -> None:
-        if self.fleet_file is None or not self.fleet_file.parent.is_dir():
-            return
-        tmp = self.fleet_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"engines": self.describe()}, indent=2) + "\n")
-        os.replace(tmp, self.fleet_file)
+        write_fleet_file(self.fleet_file, self.describe())
 
     def _no_server_left(self) -> str:
         return "no rollout server left: " + "; ".join(f"{s.client.url}: {s.lost}" for s in self.servers)
