@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import mmap
 import os
 import random
 import time
@@ -469,8 +470,7 @@ class SharedWeights:
                         for dtype, n in totals.items()}
         flat = {dtype: torch.frombuffer(self._blocks[dtype].buf, dtype=dtype, count=n) for dtype, n in totals.items()}
         self._views = slot_views(slots, flat)
-        self.manifest = {"pid": os.getpid(),
-                         "blocks": [[_dtype_name(d), b.name, totals[d]] for d, b in self._blocks.items()],
+        self.manifest = {"blocks": [[_dtype_name(d), b.name, totals[d]] for d, b in self._blocks.items()],
                          "slots": [[s.name, _dtype_name(s.dtype), list(s.shape), s.offset] for s in slots]}
 
     def write(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -529,25 +529,30 @@ class CadenceWorkerExtension:
 
     def _shared_views(self, manifest: dict) -> dict[str, torch.Tensor]:
         """Views of the tensors of a SharedWeights `manifest`. The blocks are mapped once and kept for later
-        syncs; the trainer owns and unlinks them, so this process stops the resource tracker from unlinking
-        them when it exits."""
-        from multiprocessing import resource_tracker
-        from multiprocessing.shared_memory import SharedMemory
-
+        syncs. The trainer owns and unlinks them, so they are mapped from /dev/shm directly: Python < 3.13's
+        SharedMemory(name=...) would register them with the resource tracker, which vLLM's processes share
+        with the trainer, and undoing that would drop the trainer's own registration."""
         from engine.rollout.fleet.transports import TensorSlot, slot_views
 
-        mapped = self.__dict__.setdefault("_cadence_shared", {})  # block name -> (SharedMemory, flat tensor)
+        mapped = self.__dict__.setdefault("_cadence_shared", {})  # block name -> (mapping, flat tensor)
         flat = {}
         for dtype_name, block_name, count in manifest["blocks"]:
             if block_name not in mapped:
-                block = SharedMemory(name=block_name)
-                if manifest["pid"] != os.getpid():  # another process's block: not ours to unlink
-                    resource_tracker.unregister(block._name, "shared_memory")
-                mapped[block_name] = (block, torch.frombuffer(block.buf, dtype=getattr(torch, dtype_name), count=count))
+                block = _map_shared_block(block_name)
+                mapped[block_name] = (block, torch.frombuffer(block, dtype=getattr(torch, dtype_name), count=count))
             flat[getattr(torch, dtype_name)] = mapped[block_name][1]
         slots = [TensorSlot(name, getattr(torch, dtype), tuple(shape), offset)
                  for name, dtype, shape, offset in manifest["slots"]]
         return slot_views(slots, flat)
+
+
+def _map_shared_block(name: str) -> mmap.mmap:
+    """A POSIX shared-memory block of another process, mapped read-write without the resource tracker."""
+    fd = os.open(f"/dev/shm/{name.lstrip('/')}", os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)  # the mapping keeps the block
 
 
 def request_seed(seed: int, index: int) -> int:

@@ -26,9 +26,16 @@ def _metrics(out) -> list[dict]:
     return [line for line in lines if line["iteration"] > 0]
 
 
+def _shared_blocks() -> set[Path]:
+    return set(Path("/dev/shm").glob("psm_*"))
+
+
 def test_every_rank_generates_with_its_own_vllm_engine(vllm_model_dir, tmp_path):
+    before = _shared_blocks()
     for nproc in (1, 2):
         launch(nproc, _overrides(vllm_model_dir, tmp_path / str(nproc), **RUN), tmp_path / f"logs{nproc}")
+    # every rank closed its engine: no weight block of ours, nor vLLM's own buffers, outlives the run
+    assert _shared_blocks() - before == set()
     one, two = _metrics(tmp_path / "1"), _metrics(tmp_path / "2")
     assert [line["rollout/engines"] for line in two] == [2, 2]
     busy = [[line.get(f"rollout/busy_s/rollout-{rank}", 0.0) for rank in (0, 1)] for line in two]

@@ -17,13 +17,13 @@ version) and `rollout/redispatched_prompts` counts them. When no worker is left 
 unless `restart` (pipeline.restart_rollout), which starts dead workers again (once per iteration), synced to
 the current version from the transport's buffers. Between iterations dead workers rejoin that way too.
 Every wait is bounded: start-up, acks (sync_timeout_s), generation (stall_timeout_s), the end of a request.
-`fleet.json` lists the members (id, host, device, pid, engine, version, alive).
+`fleet.json` lists the members (id, host, device, pid, engine, version, alive). Each member's own life (its
+process, acknowledgement, loss) is engine/rollout/fleet/member.py; this module deals and streams.
 """
 from __future__ import annotations
 
 import itertools
 import queue
-import socket
 import threading
 import time
 import weakref
@@ -37,9 +37,10 @@ from engine import metrics as M
 from engine.metrics import Span
 from engine.rollout.base import SamplingParams
 from engine.rollout.fleet.dealer import Dealer
+from engine.rollout.fleet.member import Member, stop_all
 from engine.rollout.fleet.messages import EndPrompts, Failed, Generate, GenerateDone, GroupReady, Prompts, Refused
-from engine.rollout.fleet.process import (POLL_S, Closed, RolloutWorkerDied, RolloutWorkerError,
-                                          WeightSyncTimeout, WeightVersionError, WorkerProcess)
+from engine.rollout.fleet.process import (POLL_S, Closed, RolloutWorkerDied, RolloutWorkerError, WeightSyncTimeout,
+                                          WeightVersionError)
 from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.fleet.transports import WeightSyncTransport
 from engine.rollout.fleet.worker import WorkerSpec
@@ -49,28 +50,6 @@ from engine.types import PromptItem, RolloutGroup
 
 class NoRolloutEngineLeft(RolloutWorkerError):
     """Every worker of the fleet is gone (and restarting was not allowed or did not help)."""
-
-
-@dataclass(slots=True)
-class Member:
-    """One worker of the fleet; `window` is how many prompts it may have in flight."""
-
-    id: int
-    spec: WorkerSpec
-    window: int
-    process: WorkerProcess | None = None
-    alive: bool = False
-    version: int = -1
-    in_request: bool = False
-    restarts: int = 0  # processes started after the first
-    generation: int = 0  # which of its processes is current (a reader thread of an older one is ignored)
-    restarted_at: int = -1  # the version at which it was last restarted mid-generate (once per iteration)
-    lost: str = ""  # why it was last dropped
-    spans: list[Span] = field(default_factory=list)
-
-    @property
-    def lane(self) -> str:
-        return f"rollout-{self.id}"
 
 
 @dataclass(slots=True)
@@ -107,7 +86,7 @@ class Fleet:
         self._redispatched = 0
         for member in self.members:
             self._start(member)
-        self._finalizer = weakref.finalize(self, _stop_all, self.members)
+        self._finalizer = weakref.finalize(self, stop_all, self.members)
 
     # ------------------------------------------------------------------ RolloutEngine
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -163,14 +142,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ workers
     def _start(self, member: Member) -> None:
-        if member.process is not None:
-            member.process.stop()
-            member.restarts += 1
-        member.generation += 1
-        generation = member.generation
-        member.process = WorkerProcess(member.spec, self._receivers[member.id],
-                                       on_message=lambda message: self._on_message(member, generation, message))
-        member.alive, member.version, member.in_request = True, -1, False
+        member.start(self._receivers[member.id], self._on_message)
 
     def _live(self) -> list[Member]:
         return [m for m in self.members if m.alive]
@@ -178,28 +150,20 @@ class Fleet:
     def _sync(self, member: Member, version: int) -> None:
         """Tell `member` the transport holds `version`; wait for its ack (it is dropped if none comes)."""
         try:
-            member.process.await_ready(f"rollout worker {member.id}")
-            reply = member.process.load_weights(version, self.sync_timeout_s, f"rollout worker {member.id}")
-        except TimeoutError:
+            member.acknowledge(version, self.sync_timeout_s)
+        except WeightSyncTimeout:
             self._drop(member, f"did not acknowledge weights version {version} within "
                                f"pipeline.sync_timeout_s={self.sync_timeout_s:g}s")
-            raise WeightSyncTimeout(f"rollout worker {member.id} (pid {member.process.pid}) did not acknowledge "
-                                    f"weights version {version} within pipeline.sync_timeout_s="
-                                    f"{self.sync_timeout_s:g}s") from None
+            raise
         except RolloutWorkerDied as died:
             self._drop(member, str(died))
-            return
-        member.spans.extend(s._replace(lane=member.lane) for s in reply.spans)
-        member.version = version
 
     def _drop(self, member: Member, why: str) -> None:
         """`member` is out: its unfinished prompts go to the live workers with room."""
         with self._lock:
             if not member.alive:
                 return
-            member.alive = member.in_request = False
-            member.lost = f"worker {member.id}: {why}"
-            member.process.kill()
+            member.lose(why)
             call = self._call
             if call is None:
                 return
@@ -337,13 +301,5 @@ class Fleet:
         return True
 
     def _write_fleet_file(self) -> None:
-        write_fleet_file(self.fleet_file, [
-            {"id": m.id, "kind": "worker", "host": socket.gethostname(), "device": m.spec.device,
-             "pid": m.process.pid if m.process else None, "engine": "native", "version": m.version,
-             "alive": m.alive, "restarts": m.restarts} for m in self.members])
+        write_fleet_file(self.fleet_file, [m.row() for m in self.members])
 
-
-def _stop_all(members: list[Member]) -> None:
-    for member in members:
-        if member.process is not None:
-            member.process.stop()

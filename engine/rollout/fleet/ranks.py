@@ -160,7 +160,9 @@ class RankFleet:
         return {M.ROLLOUT_ENGINES: float(1 + len(self.followers)), **busy}
 
     def close(self) -> None:
-        """Nothing to release: the followers' engines end with their ranks."""
+        """Rank 0's engine (a vLLM engine's processes and shared blocks); each follower closes its own when its
+        rank stops."""
+        self.local.close()
 
     def _hold_local_spans(self) -> None:
         local = [s._replace(lane=f"rollout-{LOCAL}") for s in self.local.pop_spans()]
