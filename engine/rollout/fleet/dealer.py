@@ -59,6 +59,12 @@ class Dealer:
         with self.lock:
             return len(self._waiting)
 
+    @property
+    def open(self) -> int:
+        """Prompts whose groups have not been delivered: waiting or in flight anywhere."""
+        with self.lock:
+            return len(self._waiting) + sum(len(mine) for mine in self._in_flight.values())
+
     def done(self, member: Member, index: int) -> None:
         """`member` delivered the group of prompt `index`."""
         with self.lock:

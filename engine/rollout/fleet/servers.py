@@ -47,6 +47,7 @@ from engine.rollout.sampling import check_sampling_params
 from engine.types import Completion, PromptItem, RolloutGroup
 
 _SEED_BITS = (1 << 63) - 1
+_POLL_S = 1.0  # how often a waiting stream checks that some request slot still serves it
 
 
 class ServerError(RuntimeError):
@@ -128,6 +129,7 @@ class _Call:
     expected: int  # groups the call yields
     out: queue.Queue = field(default_factory=queue.Queue)  # groups, and None when a server was dropped
     over: bool = False  # every group arrived, or the consumer stopped reading
+    slots: list[threading.Thread] = field(default_factory=list)  # the request slots serving the call
 
 
 @dataclass(eq=False, slots=True)
@@ -174,7 +176,7 @@ class ServerFleet:
         self.request_timeout_s, self.servers_file, self.fleet_file = request_timeout_s, servers_file, fleet_file
         self.version = 0
         self._redispatched = self._joined = 0
-        self._lock = threading.Lock()  # the counters, bumped from request threads
+        self._lock = threading.Lock()  # the counters and drops, from request threads
         self._t0 = time.perf_counter()
         for url in read_servers_file(servers_file) if servers_file else urls:
             self._add(url)
@@ -205,12 +207,12 @@ class ServerFleet:
         for server in self._live():
             self._check_version(server)
         call = _Call(Dealer(list(prompts)), params, len(prompts))
-        threads = [threading.Thread(target=self._serve, args=(server, call), daemon=True,
-                                    name=f"cadence-server-{server.id}-{slot}")
-                   for server in self._live() for slot in range(self.window)]
-        if not threads:
+        call.slots = [threading.Thread(target=self._serve, args=(server, call), daemon=True,
+                                       name=f"cadence-server-{server.id}-{slot}")
+                      for server in self._live() for slot in range(self.window)]
+        if not call.slots:
             raise NoServerLeft(self._no_server_left())
-        for thread in threads:
+        for thread in call.slots:
             thread.start()
         return self._stream(call)
 
@@ -278,21 +280,27 @@ class ServerFleet:
             prompt, start = taken[0], time.perf_counter()
             try:
                 completions = server.client.complete(prompt, call.params, self.eos_token_id)
-            except ServerError as exc:
-                self._drop(server, str(exc))
-                with self._lock:
+            except Exception as exc:  # any failed request (HTTP, protocol, parsing) is the server's failure
+                with self._lock:  # the prompt goes back first: nothing after this may lose it
                     self._redispatched += len(call.dealer.reclaim(me))
+                self._drop(server, str(exc) if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}")
                 call.out.put(None)  # wake the stream: it checks whether anyone is left
                 return
             server.spans.append(M.Span(server.lane, "generate", start - self._t0, time.perf_counter() - self._t0))
-            call.dealer.done(me, prompt.index)
             call.out.put(RolloutGroup(prompt=prompt, completions=completions, version=self.version))
+            call.dealer.done(me, prompt.index)  # after the put: an empty queue with nothing open means a loss
 
     def _stream(self, call: _Call) -> Iterator[RolloutGroup]:
         arrived = 0
         try:
             while arrived < call.expected:
-                item = call.out.get()
+                try:
+                    item = call.out.get(timeout=_POLL_S)
+                except queue.Empty:  # bounded: a group that nobody holds any more will not come
+                    if call.dealer.open == 0 or not any(slot.is_alive() for slot in call.slots):
+                        raise RuntimeError(f"rollout servers: {call.expected - arrived} groups of the call are "
+                                           f"neither dealt nor in flight ({self._no_server_left()})") from None
+                    continue
                 if item is None:
                     if not self._live():
                         raise NoServerLeft(self._no_server_left())
@@ -303,8 +311,11 @@ class ServerFleet:
             call.over = True
 
     def _drop(self, server: _Server, why: str) -> None:
-        server.alive, server.lost = False, why
-        self._write_fleet_file()
+        with self._lock:  # two request slots of one server may fail at once
+            if not server.alive:
+                return
+            server.alive, server.lost = False, why
+            self._write_fleet_file()
 
     def _write_fleet_file(self) -> None:
         write_fleet_file(self.fleet_file, self.describe())
