@@ -308,7 +308,8 @@ def build_vllm_rollout(cfg: Config, backend, folder: Path, tokenizer, precision:
         tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
         kv_cache_memory_bytes=int(kv_gib * 2**30) or None, enforce_eager=v.enforce_eager,
         max_model_len=v.max_model_len or None, max_num_seqs=r.max_batch_sequences, seed=cfg.run.seed,
-        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices if devices is None else devices, devices_env=backend.visible_devices_env,
+        multiprocess=multiprocess, logprobs_mode=mode, devices=v.devices if devices is None else devices,
+        devices_env=backend.visible_devices_env,
         step_timeout_s=r.stall_timeout_s, lora_rank=cfg.model.lora.rank, lora_alpha=cfg.model.lora.alpha)
     engine = build_vllm_engine(str(folder), tokenizer, options)
     if cfg.env.enabled:  # each turn a vLLM request continuing through the prefix cache
@@ -396,8 +397,9 @@ def in_flight_window(cfg: Config) -> int:
     the first holds them all. Under periodic_async at most half that share (but at least one micro-batch of
     groups): each worker's groups finish in at least two waves of full batches, and the trainer trains on one
     wave while the next generates even when every response runs to max_new_tokens. Smaller waves overlap more
-    but pay more decode steps for the same tokens (docs/benchmarks.md, "Rollout fleet": one micro-batch per
-    wave gave 0.61 x ideal_speedup on `engine.bench pipeline --fixed-length`, two full waves 0.80 x)."""
+    but pay more decode steps for the same tokens (docs/benchmarks.md, "Rollout fleet": on
+    `engine.bench pipeline --fixed-length` one micro-batch per wave gave 0.61 x ideal_speedup in one run, two
+    full waves a median of 0.72 x over 11 runs, against a two-wave schedule bound of 0.76-0.80 x)."""
     r = cfg.rollout
     if r.in_flight:
         return r.in_flight

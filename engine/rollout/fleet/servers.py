@@ -179,10 +179,9 @@ class ServerFleet:
         self._lock = threading.Lock()  # the counters and drops, from request threads
         self._t0 = time.perf_counter()
         for url in read_servers_file(servers_file) if servers_file else urls:
-            self._add(url)
+            self._add(url)  # the first members start the run: not counted as joins
         if not self.servers:
             raise NoServerLeft(f"rollout.servers_file: {servers_file} lists no server")
-        self._joined = 0  # the first members did not join: they started the run
 
     # ------------------------------------------------------------------ RolloutEngine
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -242,8 +241,6 @@ class ServerFleet:
 
     def _add(self, url: str) -> None:
         self.servers.append(_Server(len(self.servers), ServerClient(url, self.request_timeout_s)))
-        with self._lock:
-            self._joined += 1
 
     def _follow_servers_file(self) -> None:
         """Between iterations: listed URLs that are not live join (as new members), live ones not listed leave."""
@@ -255,6 +252,8 @@ class ServerFleet:
         for url in listed:
             if url not in live:
                 self._add(url)
+                with self._lock:
+                    self._joined += 1
 
     def _check_version(self, server: _Server) -> None:
         if self.transfer is None:
