@@ -4,7 +4,8 @@
         prompts  <- next B prompts of the stream
         sync     :  rollout engine receives policy weights version k          (barrier)
         rollout  :  G completions per prompt, all from version k, streamed group by group
-        score    :  rewards (tri-model's reward head), per arriving group
+        score    :  rewards (tri-model's reward head), per arriving group (engine/group_stream.py: scoring,
+                    dynamic sampling and advantages on the stream)
         train    :  forward/backward per micro-batch of groups, gradients accumulated
         step     :  exactly one optimizer step -> version k+1                 (barrier)
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 
 from engine import metrics as M
-from engine.algorithms.advantages import ADVANTAGES, needs_full_batch
 from engine.checkpoint import CheckpointError, capture_rng, restore_rng
 from engine.config import Config
 from engine.console import log
 from engine.evaluate import evaluate, warn_if_truncated
-from engine.timeline import append_timeline, pipeline_metrics
+from engine.group_stream import GroupStream, rollout_metrics
 from engine.rollout.base import RolloutEngine, SamplingParams
 from engine.rollout.stopping import stop_token_ids
 from engine.runlog import RunLog
+from engine.timeline import TimelineRecorder
 from engine.tracking import TrackerContext, open_trackers
 from engine.trainer import Trainer
 from engine.types import PromptItem, RolloutGroup
@@ -85,19 +85,6 @@ def micro_batches(groups: Iterable[RolloutGroup], max_sequences: int) -> Iterato
         yield batch
 
 
-def in_prompt_order(groups: Iterable[RolloutGroup], prompts: Sequence[PromptItem]) -> Iterator[RolloutGroup]:
-    """`groups` in the order of `prompts`, each as soon as every group before it has arrived (run.deterministic:
-    gradients then accumulate in one order whatever order generation finished in)."""
-    order = [p.index for p in prompts]
-    early: dict[int, RolloutGroup] = {}
-    for group in groups:
-        early[group.prompt.index] = group
-        while order and order[0] in early:
-            yield early.pop(order.pop(0))
-    if order or early:
-        raise RuntimeError(f"rollout ended without the groups of prompts {order} (or with unexpected {list(early)})")
-
-
 def mean_metrics(steps: Sequence[dict[str, float]]) -> dict[str, float]:
     """The iteration's update metrics: the mean over the optimizer steps that report each (the max for
     logprob_diff_max, which only the first step reports; the sum for skipped_steps)."""
@@ -112,30 +99,22 @@ def mean_metrics(steps: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
-    rewards = torch.cat([g.rewards_G for g in groups])
-    scores = torch.cat([g.scores_G for g in groups])  # the correctness function's, before weights and shaping
-    lengths = [len(c.token_ids) for g in groups for c in g.completions]
-    extracted = [e for g in groups for e in g.extracted]
-    truncated = sum(not c.finished for g in groups for c in g.completions)
-    return {M.REWARD_MEAN: rewards.mean().item(), M.ACCURACY: (scores > 0.5).float().mean().item(),
-            M.REWARD_TIMEOUTS: float(sum(g.reward_timeouts for g in groups)),
-            M.REWARD_CRASHES: float(sum(g.reward_crashes for g in groups)),
-            M.NO_ANSWER_FRAC: 1.0 - sum(extracted) / len(extracted), M.RESPONSE_LEN: sum(lengths) / len(lengths),
-            M.TRUNCATED_FRAC: truncated / len(lengths), **episode_metrics(groups)}
+def sampling_params(cfg: Config, k: int, stop_token_ids: tuple[int, ...]) -> SamplingParams:
+    """Iteration k's sampling. The seed is a function of (run seed, iteration) alone, so a resumed run samples
+    what the uninterrupted one would have."""
+    r = cfg.rollout
+    return SamplingParams(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                          top_k=r.top_k, stop_token_ids=stop_token_ids, stop_strings=tuple(r.stop),
+                          seed=cfg.run.seed * 1_000_003 + k, ignore_eos=r.ignore_eos)
 
 
-def episode_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
-    """Multi-turn trajectories (engine/envs): turns and tool calls per sample, failed calls and environment
-    seconds summed over the iteration. Empty for single-turn completions."""
-    episodes = [c.episode for g in groups for c in g.completions if c.episode is not None]
-    if not episodes:
-        return {}
-    n = len(episodes)
-    return {M.TURNS_PER_SAMPLE: sum(e.turns for e in episodes) / n,
-            M.TOOL_CALLS_PER_SAMPLE: sum(e.tool_calls for e in episodes) / n,
-            M.TOOL_ERRORS: float(sum(e.tool_errors for e in episodes)),
-            M.ENV_TIME: sum(e.env_time_s for e in episodes)}
+def warn_on_logprob_disagreement(k: int, step_metrics: dict[str, float], limit: float) -> None:
+    """The rollout engine and the trainer should assign the sampled tokens the same log-probs."""
+    diff = step_metrics.get(M.LOGPROB_DIFF_MAX, 0.0)
+    if diff > limit:
+        log.warning(f"iteration {k + 1}: {M.LOGPROB_DIFF_MAX}={diff:.3g} exceeds rollout.logprob_diff_warn="
+                    f"{limit:g}: the rollout engine samples from a different distribution than the trainer "
+                    f"trains (consider algorithm.rollout_is)")
 
 
 class Controller:
@@ -146,11 +125,10 @@ class Controller:
         self.timer = M.StageTimer(synchronize=parts.backend.synchronize, lane="trainer", keep_spans=True)
         self.checkpoints = parts.checkpoints
         self.accuracy_before: float | None = None
-        self.sampling: dict[str, float] = {}  # the iteration's dynamic-sampling figures
-        self.sampled: list[RolloutGroup] = []  # the iteration's scored groups, the ones dynamic sampling dropped too
         self.trained: list[RolloutGroup] = []  # the iteration's groups trained on (with advantages)
         self.accuracy_after: float | None = None  # eval/accuracy of the last iteration, once measured
-        self.timeline: deque[list[M.Span]] = deque(maxlen=TIMELINE_ITERATIONS)  # spans of the latest iterations
+        self.supply = GroupStream(self.cfg, parts.rollout, parts.stream, parts.trainer.trimodel, self.timer)
+        self.timeline = TimelineRecorder(parts.run_dir / TIMELINE_SPANS_FILE, keep=TIMELINE_ITERATIONS)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -172,7 +150,8 @@ class Controller:
             summary = self._summary()
             self.checkpoints.wait()
             log.write_summary(summary)
-            self._plot_timeline()
+            self.timeline.plot(self.parts.run_dir / TIMELINE_FILE, f"schedule={self.cfg.pipeline.schedule}, "
+                                                                   f"placement={self.cfg.pipeline.placement}")
         except BaseException:
             self._finish_checkpoint_write()
             raise
@@ -192,7 +171,7 @@ class Controller:
             prompts = self.parts.stream.next_batch(self.cfg.rollout.prompts_per_iteration)
         with self.timer.stage("sync_weights"):
             self.parts.rollout.load_weights(self.trainer.rollout_weights(), self.trainer.version)
-        groups, step_metrics = self._rollout_and_train(prompts, self._sampling(k))
+        groups, step_metrics = self._rollout_and_train(prompts, sampling_params(self.cfg, k, self._stop_ids()))
         if not groups:  # dynamic sampling found no informative group (verl's DAPO stops here too)
             raise RuntimeError(f"iteration {k + 1}: no group with unequal rewards in "
                                f"{self.cfg.algorithm.max_sampling_rounds} sampling rounds; raise "
@@ -200,16 +179,16 @@ class Controller:
         self.trained = groups
         with self.timer.stage("step"):
             step_metrics.update(self.trainer.end_iteration())
-        self._check_logprob_agreement(k, step_metrics)
+        warn_on_logprob_disagreement(k, step_metrics, self.cfg.rollout.logprob_diff_warn)
         t1 = time.perf_counter()
         elapsed = t1 - t0
-        sampled = self.sampled  # with dynamic sampling more than `groups`: generated, scored, then dropped
+        sampled = self.supply.sampled  # with dynamic sampling more than `groups`: generated, scored, then dropped
         n_tokens = sum(len(c.token_ids) for g in sampled for c in g.completions)
         perf = {M.WORLD_SIZE: float(self.parts.world_size), M.TOKENS_PER_S: n_tokens / elapsed,
                 M.STARTUP_PEAK_BYTES: float(max(self.parts.startup_peak_bytes, default=0)),
                 M.SAMPLES_PER_S: sum(g.group_size for g in sampled) / max(elapsed, 1e-9), M.ITERATION_TIME: elapsed}
-        return {**rollout_metrics(sampled), **self.parts.rollout.metrics(), **step_metrics, **perf, **self.sampling,
-                **self.timer.pop(), **self._pipeline_metrics(k + 1, t0, t1)}
+        return {**rollout_metrics(sampled), **self.parts.rollout.metrics(), **step_metrics, **perf,
+                **self.supply.figures, **self.timer.pop(), **self._pipeline_metrics(k + 1, t0, t1)}
 
     def _rollout_and_train(self, prompts: list[PromptItem],
                            params: SamplingParams) -> tuple[list[RolloutGroup], dict[str, float]]:
@@ -222,7 +201,7 @@ class Controller:
         With algorithm.ppo_mini_batches = M, every B / M groups make one optimizer step, taken as soon as they
         have arrived; algorithm.ppo_epochs > 1 repeats the stored mini-batches after the last one.
         """
-        arrivals = self._with_advantages(self._groups(prompts, params))
+        arrivals = self.supply.groups(prompts, params)
         if self.cfg.pipeline.schedule == "sync":
             arrivals = iter(list(arrivals))
         size = self.cfg.rollout.prompts_per_iteration // self.cfg.algorithm.ppo_mini_batches
@@ -234,14 +213,6 @@ class Controller:
             for start in range(0, len(groups), size):
                 self._update(iter(groups[start:start + size]), steps)
         return groups, mean_metrics(steps)
-
-    def _check_logprob_agreement(self, k: int, step_metrics: dict[str, float]) -> None:
-        """The rollout engine and the trainer should assign the sampled tokens the same log-probs."""
-        diff, limit = step_metrics.get(M.LOGPROB_DIFF_MAX, 0.0), self.cfg.rollout.logprob_diff_warn
-        if diff > limit:
-            log.warning(f"iteration {k + 1}: {M.LOGPROB_DIFF_MAX}={diff:.3g} exceeds rollout.logprob_diff_warn="
-                        f"{limit:g}: the rollout engine samples from a different distribution than the trainer "
-                        f"trains (consider algorithm.rollout_is)")
 
     def _update(self, mini_batch: Iterator[RolloutGroup], steps: list[dict[str, float]]) -> list[RolloutGroup]:
         """Forward/backward on each micro-batch of `mini_batch` as soon as its groups arrive, then one optimizer
@@ -256,95 +227,11 @@ class Controller:
                 steps.append(self.trainer.step_mini_batch())
         return taken
 
-    def _groups(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
-        """Scored groups with their advantages, as they arrive. DAPO dynamic sampling: a group whose G rewards
-        are all equal is dropped, and further rounds generate new prompts for the missing groups, up to
-        algorithm.max_sampling_rounds rounds. Batch advantage estimators first wait for every group."""
-        algo, wanted = self.cfg.algorithm, len(prompts)
-        kept = rounds = 0
-        self.sampled = []  # every scored group, kept or dropped: what the reward and rollout metrics describe
-        while kept < wanted and rounds < (algo.max_sampling_rounds if algo.dynamic_sampling else 1):
-            if rounds:
-                with self.timer.stage("prompts"):
-                    prompts = self.parts.stream.next_batch(wanted - kept)
-            rounds += 1
-            for group in self._scored(self._arrivals(prompts, params)):
-                self.sampled.append(group)
-                if algo.dynamic_sampling and (kept == wanted or bool((group.rewards_G == group.rewards_G[0]).all())):
-                    continue
-                kept += 1
-                yield group
-        self.sampling = {M.DROPPED_GROUPS: float(len(self.sampled) - kept), M.KEPT_GROUPS: float(kept),
-                         M.SAMPLING_ROUNDS: float(rounds)}
-
-    def _with_advantages(self, groups: Iterable[RolloutGroup]) -> Iterator[RolloutGroup]:
-        """algorithm.advantage per group as groups arrive; a batch estimator over all groups at once."""
-        algo = self.cfg.algorithm
-        estimator = ADVANTAGES[algo.advantage]
-        if needs_full_batch(algo.advantage):
-            groups = list(groups)
-            if groups:
-                adv_BG = estimator(torch.stack([g.rewards_G for g in groups]), std=algo.std)
-                for group, adv_G in zip(groups, adv_BG):
-                    group.advantages_G = adv_G
-        for group in groups:
-            if group.advantages_G is None:
-                group.advantages_G = estimator(group.rewards_G.unsqueeze(0), std=algo.std)[0]
-            yield group
-
-    def _arrivals(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
-        """The engine's groups as they finish (in prompt order with run.deterministic); time spent waiting for
-        the next one is the stage `rollout`."""
-        stream = self.parts.rollout.generate(prompts, params)
-        timed = self._timed_rollout(stream)
-        return in_prompt_order(timed, prompts) if self.cfg.run.deterministic else timed
-
-    def _timed_rollout(self, stream: Iterator[RolloutGroup]) -> Iterator[RolloutGroup]:
-        while True:
-            with self.timer.stage("rollout"):
-                group = next(stream, None)
-            if group is None:
-                return
-            yield group
-
-    def _scored(self, groups: Iterable[RolloutGroup]) -> Iterator[RolloutGroup]:
-        for group in groups:
-            with self.timer.stage("score"):
-                self.trainer.trimodel.score(group)
-            yield group
-
     def _pipeline_metrics(self, iteration: int, t0: float, t1: float) -> dict[str, float]:
         """The iteration's pipeline/* metrics; its spans go to timeline.jsonl and the run's timeline plot."""
         origin = self.timer.origin  # engine spans are on perf_counter, the timer's are relative to its origin
-        rollout = [s._replace(start_s=s.start_s - origin, end_s=s.end_s - origin)
-                   for s in self.parts.rollout.pop_spans()]
-        trainer = self.timer.pop_spans()
-        window = (t0 - origin, t1 - origin)
-        self.timeline.append(trainer + rollout)
-        append_timeline(self.parts.run_dir / TIMELINE_SPANS_FILE, iteration, window, trainer + rollout)
-        return pipeline_metrics(trainer, rollout, window)
-
-    def _plot_timeline(self) -> None:
-        from engine.plots import plot_timeline
-
-        # The trainer's `rollout` stage is waiting for groups: drawn as a gap, so idle time looks idle.
-        spans = [s for spans in self.timeline for s in spans if (s.lane, s.stage) != ("trainer", "rollout")]
-        title = (f"last {len(self.timeline)} iterations: schedule={self.cfg.pipeline.schedule}, "
-                 f"placement={self.cfg.pipeline.placement}")
-        try:
-            if spans:
-                plot_timeline(spans, self.parts.run_dir / TIMELINE_FILE, title=title)
-        except ImportError:  # matplotlib is optional; a missing plot must not fail a finished run
-            pass
-
-    def _sampling(self, k: int) -> SamplingParams:
-        r = self.cfg.rollout
-        # The seed is a function of (run seed, iteration) alone, so a resumed run samples what the
-        # uninterrupted one would have.
-        return SamplingParams(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                              top_p=r.top_p, top_k=r.top_k, stop_token_ids=self._stop_ids(),
-                              stop_strings=tuple(r.stop), seed=self.cfg.run.seed * 1_000_003 + k,
-                              ignore_eos=r.ignore_eos)
+        return self.timeline.record(iteration, (t0 - origin, t1 - origin), self.timer.pop_spans(),
+                                    self.parts.rollout.pop_spans(), origin)
 
     def _stop_ids(self) -> tuple[int, ...]:
         """Every id that ends a turn: the tokenizer's eos and the model's generation_config ids (a chat model's

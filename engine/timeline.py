@@ -11,6 +11,7 @@ Inputs are the trainer's stage spans (StageTimer, lane "trainer") and the rollou
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,3 +84,32 @@ def read_timeline(path: Path) -> list[tuple[int, Interval, list[Span]]]:
         record = json.loads(line)
         out.append((record["iteration"], tuple(record["window"]), [Span(*span) for span in record["spans"]]))
     return out
+
+
+class TimelineRecorder:
+    """Each iteration's spans, trainer's and rollout engines', on the trainer timer's clock: appended to
+    `timeline.jsonl` as they come, the latest `keep` iterations drawn into `timeline.png` at the end."""
+
+    def __init__(self, spans_file: Path, keep: int):
+        self.spans_file = spans_file
+        self.latest: deque[list[Span]] = deque(maxlen=keep)  # a whole run's bars would be too thin to read
+
+    def record(self, iteration: int, window: Interval, trainer: list[Span], rollout: list[Span],
+               origin: float) -> dict[str, float]:
+        """The iteration's `pipeline/*` metrics. `rollout` spans are on perf_counter, shifted here by the
+        timer's `origin`; `window` and `trainer` are already relative to it."""
+        rollout = [s._replace(start_s=s.start_s - origin, end_s=s.end_s - origin) for s in rollout]
+        self.latest.append(trainer + rollout)
+        append_timeline(self.spans_file, iteration, window, trainer + rollout)
+        return pipeline_metrics(trainer, rollout, window)
+
+    def plot(self, path: Path, title: str) -> None:
+        from engine.plots import plot_timeline
+
+        # The trainer's `rollout` stage is waiting for groups: drawn as a gap, so idle time looks idle.
+        spans = [s for spans in self.latest for s in spans if (s.lane, s.stage) != ("trainer", "rollout")]
+        try:
+            if spans:
+                plot_timeline(spans, path, title=f"last {len(self.latest)} iterations: {title}")
+        except ImportError:  # matplotlib is optional; a missing plot must not fail a finished run
+            pass

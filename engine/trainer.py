@@ -61,19 +61,68 @@ def loss_divisor(expected_normaliser: int) -> float:
 
 @dataclass(slots=True)
 class _Sums:
-    """Running sums over an iteration, turned into metrics at the step."""
+    """Running sums over an optimizer step's micro-batches (and, under torchrun, ranks), turned into its metrics."""
 
     groups: int = 0
     all_tokens: int = 0
     tokens: int = 0  # tokens that carry gradient (all but masked truncated ones)
     seqs: int = 0  # sequences that carry gradient
-    truncated_seqs: int = 0
     loss: float = 0.0
     kl: float = 0.0
     entropy: float = 0.0
     clipped: float = 0.0
     logp_diff: float = 0.0  # |trainer logp - rollout logp|, the on-policy sanity check
     values: dict = field(default_factory=dict)
+
+    def add(self, out: TokenLogprobs, weighted_loss_N, kl_N, clipped_N, weight_N, groups: Sequence[RolloutGroup],
+            masked_truncated: bool, first_step: bool) -> None:
+        self.groups += len(groups)
+        self.all_tokens += out.seq_N.numel()
+        self.tokens += int((weight_N > 0).sum().item())
+        self.seqs += sum(c.finished or not masked_truncated for g in groups for c in g.completions)
+        self.loss += weighted_loss_N.sum().item()
+        self.entropy += out.entropy_N.sum().item()
+        self.clipped += clipped_N.float().sum().item()
+        if first_step:  # later mini-batches measure the policy's drift, not the engine's mismatch
+            self.logp_diff = max(self.logp_diff, (out.logp_N.detach() - out.rollout_logp_N).abs().max().item())
+        if kl_N is not None:
+            self.kl += kl_N.detach().sum().item()
+
+    def metrics(self, comm: Collectives, normaliser: int, first_step: bool) -> dict[str, float]:
+        """Loss per normalised unit, KL, entropy and clip fraction per token, summed over ranks; the
+        engine-vs-trainer log-prob check before the iteration's first step only."""
+        loss, kl, entropy, clipped, all_tokens = comm.sum([self.loss, self.kl, self.entropy, self.clipped,
+                                                           self.all_tokens])
+        metrics = {M.LOSS: loss / normaliser, M.KL: kl / all_tokens, M.ENTROPY: entropy / all_tokens,
+                   M.CLIP_FRAC: clipped / all_tokens}
+        if first_step:
+            metrics[M.LOGPROB_DIFF_MAX] = comm.max(self.logp_diff)
+        return metrics
+
+
+def advantages_of(groups: Sequence[RolloutGroup], algo: AlgorithmConfig) -> torch.Tensor:
+    """adv_N per sequence (flat, group-major): the controller's `advantages_G`, or for a group estimator
+    computed here from the group's rewards (callers that feed the trainer directly)."""
+    if all(g.advantages_G is not None for g in groups):
+        return torch.cat([g.advantages_G for g in groups])
+    if needs_full_batch(algo.advantage):
+        raise ValueError(f"algorithm.advantage={algo.advantage} needs the whole iteration's rewards: "
+                         "the controller sets group.advantages_G")
+    fn = ADVANTAGES[algo.advantage]
+    return torch.cat([fn(g.rewards_G.unsqueeze(0), std=algo.std)[0] for g in groups])
+
+
+def token_weights(out: TokenLogprobs, loss_aggregation: str, mask_truncated: bool) -> torch.Tensor:
+    """weight_N: token_mean: every token weighs 1; seq_mean: 1 / (its sequence's length); times 0 for the
+    tokens of truncated responses under algorithm.truncated=mask."""
+    dtype = out.logp_N.dtype
+    if loss_aggregation == "token_mean":
+        weight_N = torch.ones_like(out.seq_N, dtype=dtype)
+    else:
+        weight_N = 1.0 / torch.bincount(out.seq_N).to(dtype)[out.seq_N]
+    if mask_truncated:
+        weight_N = weight_N * out.finished_N.to(dtype)
+    return weight_N
 
 
 class Trainer:
@@ -133,68 +182,26 @@ class Trainer:
     def _loss_backward(self, groups: Sequence[RolloutGroup]) -> None:
         out = self.trimodel.forward(groups, self.device)
         a = self.algo
-        adv_N = self._advantages(groups).to(self.device, out.logp_N.dtype)[out.seq_N]
+        adv_N = advantages_of(groups, a).to(self.device, out.logp_N.dtype)[out.seq_N]
         old_logp_N = out.logp_N.detach() if self.updates_per_iteration == 1 else out.rollout_logp_N
         loss_N, clipped_N, _ = POLICY_LOSSES[a.policy_loss](out.logp_N, old_logp_N, adv_N, out.seq_N, a.clip_low,
                                                            a.clip_high, a.dual_clip)
         if a.rollout_is != "off":
             loss_N = loss_N * truncated_is_weights(out.logp_N, out.rollout_logp_N, out.seq_N, a.rollout_is,
                                                    a.rollout_is_cap)
-        kl_N = self._kl(out)
+        kl_N = None if out.ref_logp_N is None else KL_ESTIMATORS[a.kl_estimator](out.logp_N, out.ref_logp_N)
         if kl_N is not None:
             loss_N = loss_N + self.algo.kl_coef * kl_N
-        weight_N = self._token_weights(out)
+        weight_N = token_weights(out, a.loss_aggregation, a.truncated == "mask")
         self.scaler.scale((loss_N * weight_N).sum() / self.loss_divisor).backward()
-        self._record(out, loss_N.detach() * weight_N, kl_N, clipped_N, weight_N, groups)
-
-    def _advantages(self, groups: Sequence[RolloutGroup]) -> torch.Tensor:
-        """adv_N per sequence (flat, group-major): the controller's `advantages_G`, or for a group estimator
-        computed here from the group's rewards (callers that feed the trainer directly)."""
-        if all(g.advantages_G is not None for g in groups):
-            return torch.cat([g.advantages_G for g in groups])
-        if needs_full_batch(self.algo.advantage):
-            raise ValueError(f"algorithm.advantage={self.algo.advantage} needs the whole iteration's rewards: "
-                             "the controller sets group.advantages_G")
-        fn = ADVANTAGES[self.algo.advantage]
-        return torch.cat([fn(g.rewards_G.unsqueeze(0), std=self.algo.std)[0] for g in groups])
+        self._sums.add(out, loss_N.detach() * weight_N, kl_N, clipped_N, weight_N, groups,
+                       masked_truncated=a.truncated == "mask", first_step=self._steps_in_iteration == 0)
 
     def accumulate_idle(self) -> None:
         """A rank dealt no micro-batch this round still runs a zero-weight forward/backward, so every rank
         makes the same collectives (FSDP2 gathers parameters in each forward and backward)."""
         self.trimodel.actor.train()
         self.grad_sync.idle_backward(self.trimodel.reference)
-
-    def _kl(self, out: TokenLogprobs) -> torch.Tensor | None:
-        if out.ref_logp_N is None:
-            return None
-        return KL_ESTIMATORS[self.algo.kl_estimator](out.logp_N, out.ref_logp_N)
-
-    def _token_weights(self, out: TokenLogprobs) -> torch.Tensor:
-        """token_mean: every token weighs 1; seq_mean: 1 / (its sequence's length); times 0 for the tokens
-        of truncated responses under algorithm.truncated=mask."""
-        dtype = out.logp_N.dtype
-        if self.algo.loss_aggregation == "token_mean":
-            weight_N = torch.ones_like(out.seq_N, dtype=dtype)
-        else:
-            weight_N = 1.0 / torch.bincount(out.seq_N).to(dtype)[out.seq_N]
-        if self.algo.truncated == "mask":
-            weight_N = weight_N * out.finished_N.to(dtype)
-        return weight_N
-
-    def _record(self, out, weighted_loss_N, kl_N, clipped_N, weight_N, groups) -> None:
-        s = self._sums
-        s.groups += len(groups)
-        s.all_tokens += out.seq_N.numel()
-        s.tokens += int((weight_N > 0).sum().item())
-        s.seqs += sum(c.finished or self.algo.truncated != "mask" for g in groups for c in g.completions)
-        s.truncated_seqs += sum(not c.finished for g in groups for c in g.completions)
-        s.loss += weighted_loss_N.sum().item()
-        s.entropy += out.entropy_N.sum().item()
-        s.clipped += clipped_N.float().sum().item()
-        if self._steps_in_iteration == 0:  # later mini-batches measure the policy's drift, not the engine's mismatch
-            s.logp_diff = max(s.logp_diff, (out.logp_N.detach() - out.rollout_logp_N).abs().max().item())
-        if kl_N is not None:
-            s.kl += kl_N.detach().sum().item()
 
     # ------------------------------------------------------------------ once per iteration
     def finalize_gradients(self) -> float:
@@ -234,12 +241,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         s, normaliser, self._sums, self._replay = self._sums, max(self._normaliser(), 1), _Sums(), []
-        loss, kl, entropy, clipped, all_tokens, truncated = self.comm.sum(
-            [s.loss, s.kl, s.entropy, s.clipped, s.all_tokens, s.truncated_seqs])
-        metrics = {M.LOSS: loss / normaliser, M.KL: kl / all_tokens, M.ENTROPY: entropy / all_tokens,
-                   M.CLIP_FRAC: clipped / all_tokens, M.GRAD_NORM: grad_norm, M.LR: lr}
-        if self._steps_in_iteration == 0:  # the engine-vs-trainer check: before this iteration's first step only
-            metrics[M.LOGPROB_DIFF_MAX] = self.comm.max(s.logp_diff)
+        metrics = {**s.metrics(self.comm, normaliser, first_step=self._steps_in_iteration == 0),
+                   M.GRAD_NORM: grad_norm, M.LR: lr}
         if self.precision.loss_scaling:
             metrics.update({M.LOSS_SCALE: self.scaler.get_scale(), M.SKIPPED_STEPS: float(replays)})
         self._steps_in_iteration += 1

@@ -11,7 +11,8 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from engine.config import load_config
 from engine import metrics as M
-from engine.controller import Controller, rollout_metrics
+from engine.controller import Controller
+from engine.group_stream import rollout_metrics
 from engine.rollout.native import NativeRolloutEngine
 from engine.train import run
 from engine.types import Completion, PromptItem, RolloutGroup

@@ -1,13 +1,11 @@
 """DAPO dynamic sampling in the streaming schedule: uninformative groups are dropped, new prompts fill in."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from engine.build import build_components
-from engine.controller import Controller
+from engine.controller import Controller, sampling_params
 from test_controller import small_config
 
 
@@ -27,11 +25,11 @@ def test_groups_with_equal_rewards_are_dropped_and_replaced(tiny_model_dir, tmp_
 
     trimodel.score = score  # this test's own instance
     prompts = parts.stream.next_batch(4)
-    groups = list(controller._groups(prompts, controller._sampling(0)))
+    groups = list(controller.supply.groups(prompts, sampling_params(cfg, 0, controller._stop_ids())))
     parts.rollout.close()
     assert all(g.prompt.index % 2 == 0 for g in groups)  # only informative groups are kept
     assert len(groups) == 4  # refilled up to B from later rounds
-    assert controller.sampling["rollout/dropped_groups"] >= 2 and controller.sampling["rollout/sampling_rounds"] >= 2
+    assert controller.supply.figures["rollout/dropped_groups"] >= 2 and controller.supply.figures["rollout/sampling_rounds"] >= 2
 
 
 def test_metrics_cover_every_sampled_group_and_count_the_kept_ones(tiny_model_dir, tmp_path):

@@ -6,13 +6,14 @@ The exact comparisons run all in float64 (model.dtype=float64, norms kept in flo
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from engine.config import AlgorithmConfig, Config, ModelConfig, OptimConfig
-from engine.controller import Controller, mean_metrics
+from engine import metrics as M
+from engine.controller import mean_metrics
+from engine.group_stream import GroupStream
 from engine.train import run
 from engine.types import Completion
 from helpers import EXACT_RTOL, gradients, grads_of, make_trainer, max_rel_diff, random_groups, response_logprobs
@@ -113,9 +114,8 @@ def test_every_advantage_estimator_drives_the_gradient_in_the_loop(tiny_model_di
     actor = trainer.trimodel.actor
     reference = gradients(actor, _reference_loss(actor, groups, hand_BG, 0.2, 0.2))
     cfg = Config(model=ModelConfig(path=str(tiny_model_dir)), algorithm=algo)
-    controller = Controller(SimpleNamespace(cfg=cfg, trainer=trainer, checkpoints=None,
-                                            backend=SimpleNamespace(synchronize=lambda: None)))
-    trainer.accumulate(list(controller._with_advantages(groups)))  # what a run does to the arriving groups
+    supply = GroupStream(cfg, rollout=None, prompt_stream=None, trimodel=trainer.trimodel, timer=M.StageTimer())
+    trainer.accumulate(list(supply._with_advantages(groups)))  # what a run does to the arriving groups
     trainer.finalize_gradients()
     assert max_rel_diff(grads_of(trainer), reference) < EXACT_RTOL
 

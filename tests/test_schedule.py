@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from engine.config import ConfigError, load_config
-from engine.controller import in_prompt_order, micro_batches
+from engine.controller import micro_batches
+from engine.group_stream import in_prompt_order
 from helpers import random_groups
 
 

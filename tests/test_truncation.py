@@ -39,7 +39,7 @@ def test_masked_tokens_leave_the_normaliser(tiny_model_dir):
     trainer.accumulate(groups)
     all_tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
     assert trainer._sums.tokens == all_tokens - len(groups[0].completions[0].token_ids)
-    assert trainer._sums.truncated_seqs == 1
+    assert trainer._sums.seqs == sum(len(g.completions) for g in groups) - 1  # seq_mean's normaliser too
 
 
 def test_soft_overlong_penalty_matches_dapo_by_hand():

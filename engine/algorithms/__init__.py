@@ -1,7 +1,7 @@
 """GRPO's algorithmic pieces as small pure functions, tensors in and tensors out.
 
 Selected by name: `ADVANTAGES[advantage]`, `POLICY_LOSSES[policy_loss]`, `KL_ESTIMATORS[kl_estimator]`. The
-loss aggregation (token_mean, seq_mean) is the trainer's per-token weighting (`Trainer._token_weights`).
+loss aggregation (token_mean, seq_mean) is the trainer's per-token weighting (`engine.trainer.token_weights`).
 """
 from engine.algorithms.advantages import (
     ADVANTAGES,

@@ -4,7 +4,7 @@ Every loss in `POLICY_LOSSES` has one signature,
 `fn(logp_N, old_logp_N, adv_N, seq_N, clip_low, clip_high, dual_clip=None) -> PolicyLossOutput`, over the
 N response tokens of a micro-batch laid flat (`seq_N[t]` is the index of token t's sequence, >= 0; every
 token of a sequence is a response token). It returns per-token losses; the trainer weighs and sums them
-(`Trainer._token_weights`: token_mean or seq_mean), and the KL penalty is added separately (`kl.py`).
+(`engine.trainer.token_weights`: token_mean or seq_mean), and the KL penalty is added separately (`kl.py`).
 
 grpo: PPO (Schulman et al. 2017, eq. 7), applied per token by GRPO (Shao et al. 2024, eq. 3):
 

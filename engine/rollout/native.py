@@ -130,23 +130,9 @@ class NativeRolloutEngine:
         self._spans: deque[Span] = deque(maxlen=_MAX_SPANS)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        """Copy the given tensors into the module's parameters/buffers by name and record `version`.
-
-        Names may be a subset (a tied `lm_head.weight` is usually absent). A tensor that already is the
-        parameter's storage (colocated mode) is not copied. Two names of one tied parameter must agree.
-        """
-        targets = dict(self.model.named_parameters(remove_duplicate=False))
-        targets.update(self.model.named_buffers(remove_duplicate=False))
-        written: dict[int, str] = {}  # id(target) -> the name it was written under
-        with self._busy("load_weights"), torch.no_grad():
-            for name, tensor in named_tensors:
-                target = targets.get(name)
-                if target is None:
-                    raise KeyError(f"load_weights: the model has no parameter or buffer named {name!r}")
-                _check_tied_alias(name, tensor, target, written)
-                if not _same_storage(tensor, target):
-                    target.copy_(tensor)
-                written[id(target)] = name
+        """Copy the given tensors into the module by name (`copy_weights`) and record `version`."""
+        with self._busy("load_weights"):
+            copy_weights(self.model, named_tensors)
         self.version = version
 
     def generate(self, prompts: Sequence[PromptItem] | PromptSource, params: SamplingParams) -> Iterator[RolloutGroup]:
@@ -181,7 +167,7 @@ class NativeRolloutEngine:
         version = self.version
         stop_ids = torch.tensor([] if params.ignore_eos else sorted({self.eos_token_id, *params.stop_token_ids}),
                                 dtype=torch.long, device=self.device)
-        batch = self._new_batch(source, params)
+        batch = _new_batch(source, params, self.pad_token_id, self.device, self._matcher(params.stop_strings))
         fingerprint = _weights_fingerprint(self.model)
         while batch.running:
             if batch.rows is not None and not any(batch.running_B):
@@ -194,16 +180,6 @@ class NativeRolloutEngine:
                 done_b = self._decode_until_a_group_ends(batch, params, stop_ids)
             for b in done_b:  # outside the mode: the consumer runs here
                 yield _make_group(batch, b, version)
-
-    def _new_batch(self, source: PromptSource, params: SamplingParams) -> _Batch:
-        R = params.max_new_tokens
-        return _Batch(
-            source=source, group_size=params.n,
-            tokens_SR=torch.full((1, R), self.pad_token_id, dtype=torch.long, device=self.device),
-            logp_SR=torch.zeros((1, R), dtype=torch.float32, device=self.device),
-            u_S=torch.zeros(0, dtype=torch.float32, device=self.device),
-            lengths_S=[], hit_stop_S=[], running_B=[], generators_B=[],
-            stop_strings=self._matcher(params.stop_strings), tails_S=[] if params.stop_strings else None)
 
     def _matcher(self, strings: tuple[str, ...]) -> StopStrings | None:
         """The stop-string matcher of `strings`; the previous call's when they are the same (its cache of
@@ -322,6 +298,38 @@ class NativeRolloutEngine:
             yield
         finally:
             append_engine_span(self._spans, stage, start, time.perf_counter())
+
+
+def copy_weights(model: nn.Module, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy the given tensors into the module's parameters/buffers by name.
+
+    Names may be a subset (a tied `lm_head.weight` is usually absent). A tensor that already is the
+    parameter's storage (colocated mode) is not copied. Two names of one tied parameter must agree.
+    """
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update(model.named_buffers(remove_duplicate=False))
+    written: dict[int, str] = {}  # id(target) -> the name it was written under
+    with torch.no_grad():
+        for name, tensor in named_tensors:
+            target = targets.get(name)
+            if target is None:
+                raise KeyError(f"load_weights: the model has no parameter or buffer named {name!r}")
+            _check_tied_alias(name, tensor, target, written)
+            if not _same_storage(tensor, target):
+                target.copy_(tensor)
+            written[id(target)] = name
+
+
+def _new_batch(source: PromptSource, params: SamplingParams, pad_token_id: int, device: torch.device,
+               stop_strings: StopStrings | None) -> _Batch:
+    R = params.max_new_tokens
+    return _Batch(
+        source=source, group_size=params.n,
+        tokens_SR=torch.full((1, R), pad_token_id, dtype=torch.long, device=device),
+        logp_SR=torch.zeros((1, R), dtype=torch.float32, device=device),
+        u_S=torch.zeros(0, dtype=torch.float32, device=device),
+        lengths_S=[], hit_stop_S=[], running_B=[], generators_B=[],
+        stop_strings=stop_strings, tails_S=[] if params.stop_strings else None)
 
 
 def _await_prompts(batch: _Batch) -> None:

@@ -38,7 +38,7 @@ from engine.metrics import Span
 from engine.rollout.base import SamplingParams
 from engine.rollout.fleet.dealer import Dealer
 from engine.rollout.fleet.member import Member, stop_all
-from engine.rollout.fleet.messages import EndPrompts, Failed, Generate, GenerateDone, GroupReady, Prompts, Refused
+from engine.rollout.fleet.messages import EndPrompts, Failed, GenerateDone, GroupReady, Refused
 from engine.rollout.fleet.process import (POLL_S, Closed, RolloutWorkerDied, RolloutWorkerError, WeightSyncTimeout,
                                           WeightVersionError)
 from engine.rollout.fleet.roster import write_fleet_file
@@ -62,6 +62,38 @@ class _Call:
     total: int  # prompts of the call
     out: queue.Queue = field(default_factory=queue.Queue)  # groups, and markers from the reader threads
     done: set[int] = field(default_factory=set)  # members that sent GenerateDone
+
+    def await_done(self, members: Sequence[Member], timeout_s: float) -> None:
+        """Wait (bounded) until every one of `members` still alive has sent GenerateDone; raise what a reader
+        thread queued as an error meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while any(m.alive and m.id not in self.done for m in members):
+            if time.monotonic() > deadline:
+                raise RolloutWorkerError(f"rollout workers {[m.id for m in members if m.id not in self.done]} "
+                                         f"did not end request {self.id} within {timeout_s:g}s")
+            try:
+                item = self.out.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if isinstance(item, Exception):
+                raise item
+
+
+def is_stale(member: Member, generation: int, message: object, call: _Call | None) -> bool:
+    """A message the fleet drops: a replaced process's last words; a group or end sent before its member was
+    dropped (its prompts were dealt again, their groups come from others); the tail of an abandoned request."""
+    if generation != member.generation:
+        return True
+    if not member.alive and isinstance(message, (GroupReady, GenerateDone)):
+        return True
+    return isinstance(message, (GroupReady, GenerateDone, Refused)) and (call is None or message.request_id != call.id)
+
+
+def worker_failure(member: int, message: Refused | Failed) -> RolloutWorkerError:
+    """The error a worker's Refused (a version mismatch) or Failed (an exception there) message stands for."""
+    if isinstance(message, Refused):
+        return WeightVersionError(f"rollout worker {member} refused to generate: {message.reason}")
+    return RolloutWorkerError(f"rollout worker {member} failed in {message.where}:\n{message.traceback}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,21 +221,13 @@ class Fleet:
                 self._call = None
 
     def _open(self, member: Member, call: _Call) -> None:
-        first = call.dealer.take(member.id, member.window)
-        member.in_request = True
-        member.process.progress_at = time.monotonic()
         try:
-            member.process.send(Generate(call.id, self.version, first, call.params), "receiving a generate request")
+            member.open_request(call.id, self.version, call.dealer.take(member.id, member.window), call.params)
         except RolloutWorkerDied as died:
             self._drop(member, str(died))
 
     def _deal(self, member: Member, call: _Call) -> None:
-        more = call.dealer.take(member.id, member.window)
-        if more:
-            try:
-                member.process.send(Prompts(call.id, more), "receiving prompts")
-            except RolloutWorkerDied:
-                pass  # its reader reports it Closed, and the prompts are reclaimed then
+        member.send_prompts(call.id, call.dealer.take(member.id, member.window))
 
     def _next_group(self, call: _Call) -> RolloutGroup | None:
         """The next group from any worker, or None after a slice without one (stalls checked in between)."""
@@ -247,34 +271,19 @@ class Fleet:
             open_members = [m for m in self._live() if m.in_request]
             for member in open_members:
                 member.process.send(EndPrompts(call.id), "ending a generate request")
-        deadline = time.monotonic() + self.sync_timeout_s
-        while any(m.alive and m.id not in call.done for m in open_members):
-            if time.monotonic() > deadline:
-                raise RolloutWorkerError(f"rollout workers {[m.id for m in open_members if m.id not in call.done]} "
-                                         f"did not end request {call.id} within {self.sync_timeout_s:g}s")
-            try:
-                item = call.out.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if isinstance(item, Exception):
-                raise item
+        call.await_done(open_members, self.sync_timeout_s)
         for member in open_members:
             member.in_request = False
 
     def _on_message(self, member: Member, generation: int, message: object) -> bool:
         """Reader thread of `member`: deal on each group, route markers; True when the message was taken."""
         with self._lock:
-            if generation != member.generation:
-                return True  # a replaced process's last words
-            if not member.alive and isinstance(message, (GroupReady, GenerateDone)):
-                return True  # sent before it was dropped: its prompts were dealt again, their groups come from others
             call = self._call
+            if is_stale(member, generation, message, call):
+                return True
             if isinstance(message, Closed):
                 self._drop(member, str(member.process.died(f"generating at version {self.version}")))
                 return False  # a synchronous wait on it learns of the death from its inbox
-            if isinstance(message, (GroupReady, GenerateDone, Refused)) and (call is None
-                                                                              or message.request_id != call.id):
-                return True  # the tail of an abandoned request
             if isinstance(message, GroupReady):
                 return self._take_group(member, call, message.group)
             if isinstance(message, GenerateDone):
@@ -283,10 +292,7 @@ class Fleet:
                 call.out.put(None)
                 return True
             if isinstance(message, (Refused, Failed)) and call is not None:
-                call.out.put(WeightVersionError(f"rollout worker {member.id} refused to generate: {message.reason}")
-                             if isinstance(message, Refused) else
-                             RolloutWorkerError(f"rollout worker {member.id} failed in {message.where}:\n"
-                                                f"{message.traceback}"))
+                call.out.put(worker_failure(member.id, message))
                 return True
             return False  # Ready, WeightsLoaded: for the synchronous waits
 

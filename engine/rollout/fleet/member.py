@@ -3,18 +3,24 @@ version it acknowledged, whether it holds a request, why it was lost, and its bu
 
     start(receiver, on_message)  a new process (the old one stopped first); alive, version unknown
     acknowledge(version)         wait for start-up, then for the worker to load `version` from the transport
+    open_request / send_prompts  a generate request's first prompts, then more as its groups finish
     lose(why)                    out of the fleet: killed, its reason kept for fleet.json and the last error
 """
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.metrics import Span
-from engine.rollout.fleet.process import WeightSyncTimeout, WorkerProcess
+from engine.rollout.base import SamplingParams
+from engine.rollout.fleet.messages import Generate, Prompts
+from engine.rollout.fleet.process import RolloutWorkerDied, WeightSyncTimeout, WorkerProcess
 from engine.rollout.fleet.transports import WeightReceiver
 from engine.rollout.fleet.worker import WorkerSpec
+from engine.types import PromptItem
 
 
 @dataclass(slots=True)
@@ -62,6 +68,19 @@ class Member:
                                     f"within pipeline.sync_timeout_s={timeout_s:g}s") from None
         self.spans.extend(s._replace(lane=self.lane) for s in reply.spans)
         self.version = version
+
+    def open_request(self, request_id: int, version: int, prompts: list[PromptItem], params: SamplingParams) -> None:
+        """Send a generate request with its first prompts (RolloutWorkerDied if the process is gone)."""
+        self.in_request = True
+        self.process.progress_at = time.monotonic()  # its stall clock starts with the request
+        self.process.send(Generate(request_id, version, prompts, params), "receiving a generate request")
+
+    def send_prompts(self, request_id: int, prompts: list[PromptItem]) -> None:
+        """More prompts for the open request; a dead process is left to its reader, which reports it Closed (the
+        fleet then reclaims these prompts with the rest)."""
+        if prompts:
+            with contextlib.suppress(RolloutWorkerDied):
+                self.process.send(Prompts(request_id, prompts), "receiving prompts")
 
     def lose(self, why: str) -> None:
         self.alive = self.in_request = False
