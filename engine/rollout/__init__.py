@@ -1,7 +1,9 @@
 """Rollout engines: the RolloutEngine interface (base.py) and the factory that builds one by name.
 
-The rollout side lives here whole: the engines, the split-placement worker process (worker.py, its messages in
-messages.py, its trainer-side proxy remote.py) and the weight-sync transports (weight_sync.py).
+The rollout side lives here whole: the engines (native.py; vllm.py with its weight hand-over vllm_weights.py
+and LoRA vllm_lora.py; the multi-turn engines multiturn.py, vllm_multiturn.py, episode.py) and the fleet
+(fleet/: the dealer, split-placement worker processes and their messages, the weight-sync transports, one
+engine per torchrun rank in ranks.py, vLLM servers by URL in servers.py, fleet.json in roster.py).
 
 "native" (native.py) generates with the Hugging Face module itself and runs anywhere torch does. "vllm"
 (vllm.py) drives vLLM's engine on the model folder; vllm is imported only there, so `import engine` works
