@@ -137,6 +137,7 @@ class _Server:
     id: int
     client: ServerClient
     alive: bool = True
+    version: int = 0  # the last version sent to it (the model folder's, 0, before any transfer)
     lost: str = ""
     spans: list[M.Span] = field(default_factory=list)
 
@@ -198,6 +199,8 @@ class ServerFleet:
                 self.transfer(server.client, tensors, version)
             except Exception as exc:  # a server that cannot take the new weights must not generate with old ones
                 self._drop(server, f"weight update to version {version} failed: {exc}")
+                continue
+            server.version = version
         self.version = version
         self._write_fleet_file()
 
@@ -231,8 +234,8 @@ class ServerFleet:
         """The servers are not ours: they keep running."""
 
     def describe(self) -> list[dict]:
-        """fleet.json rows."""
-        return [{"id": s.id, "kind": "server", "url": s.client.url, "engine": "vllm", "version": self.version,
+        """fleet.json rows; a dropped server's `version` is the last one sent to it."""
+        return [{"id": s.id, "kind": "server", "url": s.client.url, "engine": "vllm", "version": s.version,
                  "alive": s.alive, "lost": s.lost} for s in self.servers]
 
     # ------------------------------------------------------------------ internals

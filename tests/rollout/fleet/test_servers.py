@@ -162,7 +162,7 @@ def test_a_server_removed_from_the_servers_file_leaves_and_a_relisted_one_rejoin
     a, b = servers(), servers()
     listing = tmp_path / "servers.txt"
     listing.write_text(f"{a.url}\n{b.url}\n")
-    fleet = _fleet([], transfer=_versioning, servers_file=listing)
+    fleet = _fleet([], transfer=_versioning, servers_file=listing, fleet_file=tmp_path / "fleet.json")
     fleet.load_weights([], 1)
     listing.write_text(f"{a.url}\n")
     fleet.load_weights([], 2)
@@ -170,6 +170,8 @@ def test_a_server_removed_from_the_servers_file_leaves_and_a_relisted_one_rejoin
     _groups(fleet)
     assert b.requests == before and fleet.metrics()[M.ROLLOUT_ENGINES] == 1.0  # b left: no prompt reached it
     assert "no longer in" in fleet.servers[1].lost
+    rows = json.loads((tmp_path / "fleet.json").read_text())["engines"]
+    assert [(r["alive"], r["version"]) for r in rows] == [(True, 2), (False, 1)]  # b's row: the last it held
     listing.write_text(f"{a.url}\n{b.url}\n")
     fleet.load_weights([], 3)
     _groups(fleet)
