@@ -200,9 +200,9 @@ def expected_normaliser(cfg: Config) -> int:
 
 def every_rank_generates(cfg: Config, env: DistEnv | None) -> bool:
     """Colocated under torchrun with several ranks: each rank's device generates with its own engine, native
-    or vLLM (in its own processes, on the rank's device). vLLM multi-turn rollouts stay on rank 0's engine."""
+    or vLLM (in its own processes, on the rank's device), single- or multi-turn."""
     return (env is not None and env.world_size > 1 and cfg.pipeline.placement == "colocated"
-            and not cfg.rollout.uses_servers and not (cfg.rollout.engine == "vllm" and cfg.env.enabled))
+            and not cfg.rollout.uses_servers)
 
 
 def rank_vllm_devices(cfg: Config, backend, env: DistEnv | None) -> str:

@@ -2,7 +2,7 @@
 
     python -m engine.bench pipeline [--json] [--iterations N] [--model PATH] [--prompts B] [--micro-batch-size M]
                                     [--max-batch-sequences S] [--backend cpu|cuda|ascend] [--max-new-tokens T]
-                                    [--fixed-length] [--in-flight K]
+                                    [--fixed-length] [--in-flight K] [--repeats R]
 
 `--fixed-length`: every response runs to max_new_tokens (rollout.ignore_eos=true; algorithm.truncated=train so
 the cut responses still train), on the TRL-shaped workload unless --prompts / --max-new-tokens say otherwise
@@ -17,7 +17,10 @@ One quickstart-like recipe (the embedded tiny-math model, synthetic problems, B=
     periodic_async  the same split; train on each micro-batch of groups while the worker generates the rest
     colocated_sync  one process, rollout and training in turn, each with all threads (rollout+trainer)
 
-Figures, over iterations 2..N (the first pays for the worker's start-up and warm-up):
+The two split runs alternate `--repeats` times in ABBA order (sync, async, async, sync, ...), so a host that
+drifts slowly over the minutes of the bench weighs on both alike; colocated_sync runs once, last.
+
+Figures, over iterations 2..N of every repeat (the first pays for the worker's start-up and warm-up):
     *_samples_per_s  completions per second of wall clock (sum of samples / sum of iteration times)
     speedup          async_samples_per_s / sync_samples_per_s
     ideal_speedup    (T_gen + T_train) / max(T_gen, T_train), T_gen = generation busy time and T_train =
@@ -25,7 +28,7 @@ Figures, over iterations 2..N (the first pays for the worker's start-up and warm
                      what perfect overlap would give, ignoring the sync barrier and the first/last group
     overlap_frac     periodic_async's pipeline/overlap_frac: share of the shorter phase hidden behind the longer
     async_over_colocated  async_samples_per_s / colocated_samples_per_s
-    max_param_rel_diff  max over tensors of max|async - sync| / max|sync| of the final parameters
+    max_param_rel_diff  max over tensors of max|async - sync| / max|sync| of the final parameters (first repeats)
     schedule_bound_speedup  the split_sync run replayed through the periodic_async schedule: its groups
                      arrive when they did, each micro-batch costs what its score + train took, so this is
                      what periodic_async gives on two uncontended cores with this engine's arrival profile
@@ -78,6 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m engine.bench pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
     parser.add_argument("--iterations", type=int, default=8, help="iterations per run; the first is not measured")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each split variant, in ABBA order")
     parser.add_argument("--model", default="embedded://tiny-math", help="model folder or embedded://tiny-math")
     parser.add_argument("--prompts", type=int, default=None, help="B, prompts per iteration (32; 8 --fixed-length)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="T (48; 64 with --fixed-length)")
@@ -94,6 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iterations < 2:
         parser.error("--iterations must be >= 2 (the first iteration is not measured)")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     if args.prompts is None:
         args.prompts = 8 if args.fixed_length else 32
     if args.max_new_tokens is None:
@@ -101,10 +107,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant: str) -> list[str]:
+def run_order(repeats: int) -> list[tuple[str, int]]:
+    """(variant, repeat) in the order they run: the split pair in ABBA order, then colocated_sync once."""
+    pairs = [("split_sync", "periodic_async")[::1 if r % 2 == 0 else -1] for r in range(repeats)]
+    return [(variant, r) for r, pair in enumerate(pairs) for variant in pair] + [("colocated_sync", 0)]
+
+
+def run_name(variant: str, repeat: int) -> str:
+    return variant if repeat == 0 else f"{variant}-{repeat}"
+
+
+def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant: str, repeat: int = 0) -> list[str]:
     threads = args.rollout_threads + args.trainer_threads
     values = {
-        "run.name": variant, "run.output_dir": str(out_dir), "run.iterations": args.iterations, "run.seed": 0,
+        "run.name": run_name(variant, repeat), "run.output_dir": str(out_dir), "run.iterations": args.iterations, "run.seed": 0,
         "run.progress": False, "run.checkpoint_every": 0, "backend.name": args.backend, "backend.threads": threads,
         "model.path": str(model_dir), "data.source": "synthetic", "rollout.prompts_per_iteration": args.prompts,
         "rollout.group_size": GROUP_SIZE, "rollout.max_batch_sequences": args.max_batch_sequences,
@@ -118,11 +134,11 @@ def overrides(args: argparse.Namespace, model_dir: Path, out_dir: Path, variant:
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def figures(run_dir: Path) -> RunFigures:
-    """Throughput and phase times over iterations 2..N of a finished run."""
+def figures(run_dirs: list[Path]) -> RunFigures:
+    """Throughput and phase times over iterations 2..N of finished runs, pooled."""
     from engine.runlog import read_metrics
 
-    lines = read_metrics(run_dir)[1:]
+    lines = [line for run_dir in run_dirs for line in read_metrics(run_dir)[1:]]
     mean = lambda key: sum(line[key] for line in lines) / len(lines)
     samples = sum(line[M.SAMPLES_PER_S] * line[M.ITERATION_TIME] for line in lines)
     wall = sum(line[M.ITERATION_TIME] for line in lines)
@@ -187,12 +203,12 @@ def replayed_iteration_s(window: tuple[float, float], spans: list, group_size: i
     return end + step - window[0]
 
 
-def schedule_bound(run_dir: Path, micro_batch_size: int) -> float:
-    """sum of split_sync iteration times / sum of their replays, over iterations 2..N."""
+def schedule_bound(run_dirs: list[Path], micro_batch_size: int) -> float:
+    """sum of split_sync iteration times / sum of their replays, over iterations 2..N of every run."""
     from engine.controller import TIMELINE_SPANS_FILE
     from engine.timeline import read_timeline
 
-    iterations = read_timeline(run_dir / TIMELINE_SPANS_FILE)[1:]
+    iterations = [it for run_dir in run_dirs for it in read_timeline(run_dir / TIMELINE_SPANS_FILE)[1:]]
     actual = sum(window[1] - window[0] for _, window, _ in iterations)
     replayed = sum(replayed_iteration_s(window, spans, GROUP_SIZE, micro_batch_size) for _, window, spans in iterations)
     return actual / replayed
@@ -202,12 +218,12 @@ def run_variants(args: argparse.Namespace, model_dir: Path, out_dir: Path) -> di
     from engine.config import load_config
     from engine.train import run
 
-    results = {}
-    for variant in VARIANTS:
-        print(f"[bench pipeline] {variant} ...", file=sys.stderr)
-        run(load_config(None, overrides(args, model_dir, out_dir, variant)))
-        results[variant] = figures(out_dir / variant)
-    return results
+    dirs: dict[str, list[Path]] = {variant: [] for variant in VARIANTS}
+    for variant, repeat in run_order(args.repeats):
+        print(f"[bench pipeline] {run_name(variant, repeat)} ...", file=sys.stderr)
+        run(load_config(None, overrides(args, model_dir, out_dir, variant, repeat)))
+        dirs[variant].append(out_dir / run_name(variant, repeat))
+    return {variant: figures(run_dirs) for variant, run_dirs in dirs.items()}
 
 
 def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff: float, bound: float,
@@ -223,6 +239,7 @@ def report(args: argparse.Namespace, results: dict[str, RunFigures], param_diff:
             "overlap_frac": periodic.overlap_frac, "max_param_rel_diff": param_diff,
             "load_avg_1min_before": load[0], "load_avg_1min_after": load[1], "host_parallelism": parallelism,
             "settings": {"iterations": args.iterations, "measured_iterations": args.iterations - 1,
+                         "repeats": args.repeats,
                          "prompts": args.prompts, "group_size": GROUP_SIZE, "max_new_tokens": args.max_new_tokens,
                          "fixed_length": args.fixed_length,
                          "micro_batch_size": args.micro_batch_size, "rollout_threads": args.rollout_threads,
@@ -243,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         results = run_variants(args, model_dir, out_dir)
         param_diff = max_rel_diff(final_weights(out_dir / "periodic_async", args.iterations),
                                   final_weights(out_dir / "split_sync", args.iterations))
-        bound = schedule_bound(out_dir / "split_sync", args.micro_batch_size)
+        bound = schedule_bound([out_dir / run_name("split_sync", r) for r in range(args.repeats)],
+                               args.micro_batch_size)
     result = report(args, results, param_diff, bound, (load_before, os.getloadavg()[0]), parallelism)
     if args.json:
         print(json.dumps(result))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.rollout.base import SamplingParams
+from engine.rollout.base import ListSource, PromptSource, SamplingParams
 from engine.rollout.episode import EpisodeRecord, collect_observations, wait_for_an_environment
 from engine.rollout.multiturn import MultiTurnOptions
 from engine.rollout.sampling import check_sampling_params
@@ -97,45 +97,72 @@ class VllmMultiTurnEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.base.close()
 
-    def generate(self, prompts: Sequence[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
-        """Yield one RolloutGroup of G trajectories per prompt, in the order they end, stamped with the version."""
+    @property
+    def max_batch_sequences(self) -> int:
+        return self.base.max_batch_sequences
+
+    def generate(self, prompts: Sequence[PromptItem] | PromptSource, params: SamplingParams) -> Iterator[RolloutGroup]:
+        """Yield one RolloutGroup of G trajectories per prompt, in the order they end, stamped with the version.
+        `prompts` may be a PromptSource (a fleet's dealer): prompts are then taken as groups end, as many as
+        max_num_seqs / G trajectories take, until it is exhausted. A list is checked and started whole."""
         if self.base._engine is None:
             raise RuntimeError("the vLLM rollout engine is closed")
         check_sampling_params(params)
         check_logprobs_mode(params, self.base.options.logprobs_mode)
+        if hasattr(prompts, "take"):
+            return self._generate(prompts, params, capacity=max(1, self.max_batch_sequences // params.n))
+        prompts = list(prompts)
+        for item in prompts:  # a fixed list fails where the call is made, before anything is requested
+            self._check_prompt(item)
+        return self._generate(ListSource(prompts), params, capacity=max(1, len(prompts)))
+
+    def _check_prompt(self, item: PromptItem) -> None:
         max_tokens = self.options.limits.max_tokens
-        for item in prompts:
-            if not item.prompt_ids:
-                raise ValueError(f"prompt {item.index} has no tokens: there is nothing to condition on")
-            if len(item.prompt_ids) + max_tokens > self.base.max_model_len:
-                raise ValueError(f"prompt {item.index}: {len(item.prompt_ids)} prompt tokens + env.max_tokens="
-                                 f"{max_tokens} exceed the vLLM engine's max_model_len={self.base.max_model_len}")
-        return self._generate(list(prompts), params)
+        if not item.prompt_ids:
+            raise ValueError(f"prompt {item.index} has no tokens: there is nothing to condition on")
+        if len(item.prompt_ids) + max_tokens > self.base.max_model_len:
+            raise ValueError(f"prompt {item.index}: {len(item.prompt_ids)} prompt tokens + env.max_tokens="
+                             f"{max_tokens} exceed the vLLM engine's max_model_len={self.base.max_model_len}")
 
     # ------------------------------------------------------------------ the loop
-    def _generate(self, prompts: list[PromptItem], params: SamplingParams) -> Iterator[RolloutGroup]:
+    def _generate(self, source: PromptSource, params: SamplingParams, capacity: int) -> Iterator[RolloutGroup]:
+        """`capacity`: prompts whose trajectories are in flight at most."""
         if self._running or self.base._in_flight:
             raise RuntimeError("generate() while another generate() call has requests in flight")
-        version, G, call = self.base.version, params.n, next(self._calls)
-        trajectories = [_Trajectory(env=self.options.environment(p.text, p.reference), prompt=p, k=k)
-                        for p in prompts for k in range(G)]
+        version, call = self.base.version, next(self._calls)
+        active: dict[int, tuple[PromptItem, list[_Trajectory]]] = {}  # by prompt index, in the order taken
         requests: dict[str, _Trajectory] = {}
-        pending = set(range(len(prompts)))
+        exhausted = False
         self._running = True
         try:
-            while pending:
+            while True:
+                if not exhausted and len(active) < capacity:
+                    taken = source.take(capacity - len(active), wait=not active)
+                    exhausted = taken is None
+                    for prompt in taken or []:
+                        self._check_prompt(prompt)
+                        active[prompt.index] = (prompt, self._trajectories(prompt, params.n))
+                if not active:
+                    if exhausted:
+                        return
+                    continue
+                trajectories = [t for _, group in active.values() for t in group]
                 with self.base._busy("generate"):
                     self._request_ready_turns(trajectories, requests, params, call)
                     self._advance(trajectories, requests, version)
-                for b in sorted(b for b in pending if all(t.done for t in trajectories[b * G:(b + 1) * G])):
-                    pending.discard(b)  # the consumer runs here, outside the busy span
-                    yield self._group(prompts[b], trajectories[b * G:(b + 1) * G], version)
+                for index in [i for i, (_, group) in active.items() if all(t.done for t in group)]:
+                    prompt, group = active.pop(index)  # the consumer runs here, outside the busy span
+                    yield self._group(prompt, group, version)
         finally:
             self._running = False
             in_flight = sorted(requests)
             if in_flight:  # the consumer closed the generator early, or an output was refused
                 self.base._engine.abort_request(in_flight)
             self.base._in_flight.difference_update(in_flight)
+
+    def _trajectories(self, prompt: PromptItem, G: int) -> list[_Trajectory]:
+        return [_Trajectory(env=self.options.environment(prompt.text, prompt.reference), prompt=prompt, k=k)
+                for k in range(G)]
 
     def _request_ready_turns(self, trajectories: list[_Trajectory], requests: dict[str, _Trajectory],
                              params: SamplingParams, call: int) -> None:

@@ -63,3 +63,21 @@ def test_every_ranks_vllm_engine_serves_the_synced_lora_adapters(vllm_model_dir,
     from engine.lora import trainable_bytes
 
     assert [line["sync/bytes"] for line in lines] == [trainable_bytes(lora_actor(vllm_model_dir))] * 2
+
+
+def test_every_ranks_vllm_engine_runs_multiturn_trajectories(vllm_model_dir, tmp_path):
+    """env.name: each rank's vLLM multi-turn engine is fed by rank 0's dealer and runs its own environments;
+    per-turn seeds make a trajectory independent of the engine that drew it, so the first iteration's
+    trajectories are one rank's, and vLLM's log-probs with the observations in context are the trainer's."""
+    letters = "[" + ",".join("abcdefghijklmnopqrstuvwxyz") + "]"  # the miniature's turns end at single letters
+    env = {"env.name": "helpers:ScriptedEnvironment", "env.max_tokens": 64, "env.turn_end": letters,
+           "rollout.max_new_tokens": 24, "algorithm.truncated": "train"}
+    for nproc in (1, 2):
+        launch(nproc, _overrides(vllm_model_dir, tmp_path / str(nproc), **RUN, **env), tmp_path / f"logs{nproc}")
+    one, two = _metrics(tmp_path / "1"), _metrics(tmp_path / "2")
+    assert [line["rollout/engines"] for line in two] == [2, 2]
+    assert all(line["rollout/busy_s/rollout-1"] > 0 for line in two)
+    assert any(line["rollout/turns_per_sample"] > 1.0 for line in two)  # observations appended and continued
+    assert all(line["policy/logprob_diff_max"] < 1e-3 for line in two)
+    for key in ("rollout/response_len_mean", "rollout/turns_per_sample", "reward/mean"):
+        assert two[0][key] == one[0][key], key

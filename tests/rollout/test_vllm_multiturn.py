@@ -217,3 +217,29 @@ def test_later_turns_continue_through_the_prefix_cache(base, tokenizer):
     list(engine.generate([prompt], PARAMS))
     assert any(computed >= 128 for computed, _ in hits), hits  # some turn filled a block with sampled tokens
     assert all(cached >= computed // 128 * 128 for computed, cached in hits), hits
+
+
+class _Trickle:
+    """A PromptSource (a fleet's dealer, engine/rollout/fleet/ranks.py) that hands out one prompt per take."""
+
+    def __init__(self, prompts):
+        self.prompts, self.takes = list(prompts), 0
+
+    def take(self, k: int, wait: bool):
+        self.takes += 1
+        if not self.prompts:
+            return None
+        return [self.prompts.pop(0)] if k > 0 else []
+
+
+@pytest.mark.vllm
+def test_a_prompt_source_is_drained_and_gives_the_trajectories_of_a_list(base, tokenizer):
+    """Under torchrun every rank's engine is fed by a source (rollout on every rank): prompts taken while
+    others are in flight get the same trajectories as the whole list at once (per-turn seeds)."""
+    together = {g.prompt.index: g for g in engine_for(base, tokenizer).generate(PROMPTS, PARAMS)}
+    source = _Trickle(PROMPTS)
+    fed = {g.prompt.index: g for g in engine_for(base, tokenizer).generate(source, PARAMS)}
+    assert sorted(fed) == sorted(together) and source.takes > len(PROMPTS)  # taken one by one, then exhausted
+    for index, group in fed.items():
+        assert [c.token_ids for c in group.completions] == [c.token_ids for c in together[index].completions]
+    assert engine_for(base, tokenizer).max_batch_sequences == base.max_batch_sequences
