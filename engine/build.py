@@ -399,7 +399,8 @@ def in_flight_window(cfg: Config) -> int:
     wave while the next generates even when every response runs to max_new_tokens. Smaller waves overlap more
     but pay more decode steps for the same tokens (docs/benchmarks.md, "Rollout fleet": on
     `engine.bench pipeline --fixed-length` one micro-batch per wave gave 0.61 x ideal_speedup in one run, two
-    full waves a median of 0.72 x over 11 runs, against a two-wave schedule bound of 0.76-0.80 x)."""
+    full waves a median of 0.72 x over 11 runs and 0.66-0.96 x in four ABBA runs, against a two-wave schedule
+    bound of 0.75-0.80 x)."""
     r = cfg.rollout
     if r.in_flight:
         return r.in_flight
