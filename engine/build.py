@@ -26,6 +26,7 @@ from engine.parallel.loading import empty_rollout_copy, load_sharded_actor, shar
 from engine.parallel.spmd import TrainerGroup, follow
 from engine.precision import Precision, resolve_precision, weight_specs
 from engine.rewards.composite import build_rewards
+from engine.rollout.fleet.dealer import share_window
 from engine.rollout.fleet.fleet import Fleet
 from engine.rollout.fleet.ranks import RankFleet, serve_generate
 from engine.rollout.fleet.roster import FLEET_FILE
@@ -401,10 +402,11 @@ def in_flight_window(cfg: Config) -> int:
     `engine.bench pipeline --fixed-length` one micro-batch per wave gave 0.61 x ideal_speedup in one run, two
     full waves a median of 0.72 x over 11 runs and 0.66-0.96 x in four ABBA runs, against a two-wave schedule
     bound of 0.75-0.80 x)."""
-    r = cfg.rollout
+    r, workers = cfg.rollout, cfg.pipeline.worker_count
     if r.in_flight:
         return r.in_flight
-    share = -(-r.prompts_per_iteration // cfg.pipeline.worker_count)
-    if cfg.pipeline.schedule == "periodic_async":
-        share = max(-(-share // 2), cfg.optim.micro_batch_size // r.group_size)
-    return max(1, min(share, r.max_batch_sequences // r.group_size))
+    rows = r.max_batch_sequences // r.group_size
+    if cfg.pipeline.schedule != "periodic_async":
+        return share_window(r.prompts_per_iteration, workers, rows)
+    half_share = share_window(r.prompts_per_iteration, 2 * workers, rows)  # each worker's share in two waves
+    return max(half_share, min(rows, cfg.optim.micro_batch_size // r.group_size))

@@ -124,25 +124,6 @@ def append_engine_span(spans, stage: str, start: float, end: float) -> None:
         spans.append(Span("rollout", stage, start, end))
 
 
-def engine_busy(spans) -> dict[str, float]:
-    """`rollout/busy_s/<lane>` per engine lane: the length of the union of its "generate" spans (a server's
-    concurrent requests overlap; an engine of ours has disjoint spans, whose union is their sum)."""
-    by_lane: dict[str, list[tuple[float, float]]] = {}
-    for span in spans:
-        if span.stage == "generate":
-            by_lane.setdefault(span.lane, []).append((span.start_s, span.end_s))
-    return {ENGINE_BUSY_PREFIX + lane: _union_length(intervals) for lane, intervals in by_lane.items()}
-
-
-def _union_length(intervals: list[tuple[float, float]]) -> float:
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
 class StageTimer:
     """Accumulates wall-clock seconds per named stage within one iteration.
 

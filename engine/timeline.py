@@ -69,6 +69,16 @@ def pipeline_metrics(trainer_spans: list[Span], rollout_spans: list[Span], windo
             M.OVERLAP_FRAC: length(intersect(gen, train)) / shorter if shorter > 0 else 0.0}
 
 
+def engine_busy(spans: Iterable[Span]) -> dict[str, float]:
+    """`rollout/busy_s/<lane>` per engine lane: the length of the union of its "generate" spans (a server's
+    concurrent requests overlap; an engine of ours has disjoint spans, whose union is their sum)."""
+    by_lane: dict[str, list[Interval]] = {}
+    for span in spans:
+        if span.stage == "generate":
+            by_lane.setdefault(span.lane, []).append((span.start_s, span.end_s))
+    return {M.ENGINE_BUSY_PREFIX + lane: length(union(intervals)) for lane, intervals in by_lane.items()}
+
+
 def append_timeline(path: Path, iteration: int, window: Interval, spans: list[Span]) -> None:
     """Append one iteration's spans to `timeline.jsonl` (what timeline.png is drawn from; after a resume an
     iteration can appear twice, the later line is the one that counts)."""

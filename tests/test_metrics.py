@@ -69,11 +69,3 @@ def test_timer_keeps_spans_for_the_timeline():
     assert timer.pop_spans() == []
     assert M.StageTimer().pop_spans() == []
 
-
-def test_engine_busy_is_the_union_of_a_lanes_generate_spans():
-    from engine.metrics import ENGINE_BUSY_PREFIX, Span, engine_busy
-
-    spans = [Span("rollout-0", "generate", 0.0, 2.0), Span("rollout-0", "generate", 1.0, 3.0),  # overlap: 3 s
-             Span("rollout-0", "generate", 5.0, 6.0), Span("rollout-0", "load_weights", 6.0, 9.0),
-             Span("rollout-1", "generate", 0.0, 1.0), Span("rollout-1", "generate", 1.0, 1.5)]  # disjoint: the sum
-    assert engine_busy(spans) == {ENGINE_BUSY_PREFIX + "rollout-0": 4.0, ENGINE_BUSY_PREFIX + "rollout-1": 1.5}

@@ -47,3 +47,13 @@ def test_the_bench_replays_a_sync_iteration_through_the_periodic_schedule():
     assert replayed_iteration_s((0, 10), t + scores + trains + step, group_size=4, micro_batch_size=4) == pytest.approx(7.5)
     # Two groups a micro-batch (two train spans): the first waits for the group arriving at 3: 3-4.1, 6-7, step.
     assert replayed_iteration_s((0, 10), t + scores + trains[:2] + step, 4, 8) == pytest.approx(7.5)
+
+
+def test_engine_busy_is_the_union_of_a_lanes_generate_spans():
+    from engine.metrics import ENGINE_BUSY_PREFIX, Span
+    from engine.timeline import engine_busy
+
+    spans = [Span("rollout-0", "generate", 0.0, 2.0), Span("rollout-0", "generate", 1.0, 3.0),  # overlap: 3 s
+             Span("rollout-0", "generate", 5.0, 6.0), Span("rollout-0", "load_weights", 6.0, 9.0),
+             Span("rollout-1", "generate", 0.0, 1.0), Span("rollout-1", "generate", 1.0, 1.5)]  # disjoint: the sum
+    assert engine_busy(spans) == {ENGINE_BUSY_PREFIX + "rollout-0": 4.0, ENGINE_BUSY_PREFIX + "rollout-1": 1.5}

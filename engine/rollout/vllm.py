@@ -34,8 +34,9 @@ Contract details and where they come from:
 - On-policy. load_weights refuses while a generate() call has requests in flight, and tags vLLM's engine
   with the version once the reload returned; every completion carries vLLM's per-token weight-version spans,
   and a group whose tokens are not all of `self.version` raises instead of being yielded.
-- Weights (engine/rollout/vllm_weights.py). vLLM's in-place reload (`collective_rpc("reload_weights", weights_iterator=...)`, layer-wise
-  re-processing into kernel layouts, e.g. the CPU GEMM repacking) in-process; across processes tensors do
+- Weights (engine/rollout/vllm_weights.py). vLLM's in-place reload (`collective_rpc("reload_weights",
+  weights_iterator=...)`, layer-wise re-processing into kernel layouts, e.g. the CPU GEMM repacking)
+  in-process; across processes tensors do
   not survive that RPC, so they travel in memory, never through a file: `SharedWeights` packs them into one
   POSIX shared-memory block per dtype (/dev/shm, RAM; allocated at the first sync, rewritten in place after),
   and only its manifest (block names, per-tensor dtype/shape/offset: a few KB) crosses the RPC to

@@ -45,6 +45,7 @@ from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.fleet.transports import WeightSyncTransport
 from engine.rollout.fleet.worker import WorkerSpec
 from engine.rollout.sampling import check_sampling_params
+from engine.timeline import engine_busy
 from engine.types import PromptItem, RolloutGroup
 
 
@@ -161,7 +162,7 @@ class Fleet:
         worker's generation busy seconds."""
         redispatched, self._redispatched = self._redispatched, 0
         return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched),
-                **M.engine_busy(s for m in self.members for s in m.spans)}
+                **engine_busy(s for m in self.members for s in m.spans)}
 
     def close(self) -> None:
         """Stop and reap every worker, release the transport. Idempotent."""

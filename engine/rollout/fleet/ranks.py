@@ -51,6 +51,7 @@ from engine.rollout.fleet.process import RolloutWorkerError, WeightVersionError
 from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.fleet.worker import RequestSource
 from engine.rollout.sampling import check_sampling_params
+from engine.timeline import engine_busy
 from engine.types import PromptItem, RolloutGroup
 
 LOCAL = 0  # rank 0's own engine; a follower's member id is its rank
@@ -156,7 +157,7 @@ class RankFleet:
         """Engines (one per rank) and each engine's generation busy seconds since the spans were last popped."""
         self._hold_local_spans()
         with self._spans_lock:
-            busy = M.engine_busy(self._spans)
+            busy = engine_busy(self._spans)
         return {M.ROLLOUT_ENGINES: float(1 + len(self.followers)), **busy}
 
     def close(self) -> None:

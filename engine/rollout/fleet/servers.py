@@ -44,6 +44,7 @@ from engine.rollout.base import SamplingParams
 from engine.rollout.fleet.dealer import Dealer
 from engine.rollout.fleet.roster import write_fleet_file
 from engine.rollout.sampling import check_sampling_params
+from engine.timeline import engine_busy
 from engine.types import Completion, PromptItem, RolloutGroup
 
 _SEED_BITS = (1 << 63) - 1
@@ -228,7 +229,7 @@ class ServerFleet:
         with self._lock:
             (redispatched, joined), self._redispatched, self._joined = (self._redispatched, self._joined), 0, 0
         return {M.ROLLOUT_ENGINES: float(len(self._live())), M.REDISPATCHED_PROMPTS: float(redispatched),
-                M.JOINED_ENGINES: float(joined), **M.engine_busy(s for server in self.servers for s in server.spans)}
+                M.JOINED_ENGINES: float(joined), **engine_busy(s for server in self.servers for s in server.spans)}
 
     def close(self) -> None:
         """The servers are not ours: they keep running."""

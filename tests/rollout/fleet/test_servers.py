@@ -136,12 +136,18 @@ def _versioning(client, tensors, version):  # a weight transfer that works: the 
     client.post("update_weight_version", {"new_version": str(version)})
 
 
-def test_a_server_listed_in_the_servers_file_joins_at_the_next_sync_on_the_current_version(servers, tmp_path):
-    first, late = servers(), servers()
+def _listed_fleet(tmp_path, *listed):
+    """A fleet whose membership is a servers file listing `listed`, synced to version 1; and that file."""
     listing = tmp_path / "servers.txt"
-    listing.write_text(f"# the fleet\n{first.url}\n")
+    listing.write_text("# the fleet\n" + "".join(f"{server.url}\n" for server in listed))
     fleet = _fleet([], transfer=_versioning, servers_file=listing, fleet_file=tmp_path / "fleet.json")
     fleet.load_weights([], 1)
+    return fleet, listing
+
+
+def test_a_server_listed_in_the_servers_file_joins_at_the_next_sync_on_the_current_version(servers, tmp_path):
+    first, late = servers(), servers()
+    fleet, listing = _listed_fleet(tmp_path, first)
     assert _groups(fleet) == _groups(_fleet([servers()])) and late.requests == 0
     assert fleet.metrics()[M.JOINED_ENGINES] == 0.0  # the first members started the run
     listing.write_text(f"{first.url}\n\n{late.url}  # joined at iteration 2\n")
@@ -160,10 +166,7 @@ def test_a_server_listed_in_the_servers_file_joins_at_the_next_sync_on_the_curre
 
 def test_a_server_removed_from_the_servers_file_leaves_and_a_relisted_one_rejoins(servers, tmp_path):
     a, b = servers(), servers()
-    listing = tmp_path / "servers.txt"
-    listing.write_text(f"{a.url}\n{b.url}\n")
-    fleet = _fleet([], transfer=_versioning, servers_file=listing, fleet_file=tmp_path / "fleet.json")
-    fleet.load_weights([], 1)
+    fleet, listing = _listed_fleet(tmp_path, a, b)
     listing.write_text(f"{a.url}\n")
     fleet.load_weights([], 2)
     before = b.requests
